@@ -1,0 +1,131 @@
+from fastapi import APIRouter, HTTPException, Response, status
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from annotation_server.deps import CurrentUser, RuntimeDep, SessionDep
+from annotation_server.routes.projects import get_project
+from annotation_server.schemas import CandidateView, SkipIn, TaskOut, VoteIn, VoteOut
+from dspo import assign
+from dspo.db import utcnow
+from dspo.errors import DspoError
+from dspo.models import Instance, Lease, Project, Source, Task, User, Vote
+
+router = APIRouter(tags=["annotation"])
+
+LABELS = "ABCDEFGHIJKLMNOP"
+
+
+def task_view(session: Session, task: Task, lease: Lease, user: User) -> TaskOut:
+    project = session.get(Project, task.project_id)
+    source = session.get(Source, task.source_id)
+    assert project is not None and source is not None and source.width and source.height
+    size = (source.width * project.scale, source.height * project.scale)
+    instance = session.get(Instance, task.instance_id) if task.instance_id is not None else None
+    box = (instance.x0, instance.y0, instance.x1, instance.y1) if instance else (0, 0, *size)
+    order = assign.shown_order(task.id, user.id, assign.candidate_ids(session, task.source_id))
+    base = f"/api/v1/images/tasks/{task.id}"
+    return TaskOut(
+        id=task.id,
+        project_id=task.project_id,
+        source_id=task.source_id,
+        instance_id=task.instance_id,
+        kind=task.kind,  # type: ignore[arg-type]
+        box=box,
+        image_size=size,
+        lq_url=f"{base}/lq",
+        mask_url=f"/api/v1/images/instances/{instance.id}/mask" if instance else None,
+        candidates=[
+            CandidateView(id=cid, label=LABELS[i], image_url=f"{base}/candidates/{cid}")
+            for i, cid in enumerate(order)
+        ],
+        lease_expires_at=lease.expires_at,
+        instructions=project.instructions,
+    )
+
+
+@router.post(
+    "/projects/{project_id}/next",
+    response_model=TaskOut,
+    responses={204: {"description": "nothing left for you in this project"}},
+)
+def next_task(
+    project_id: int, user: CurrentUser, session: SessionDep, runtime: RuntimeDep
+) -> TaskOut | Response:
+    """Lease the next task that needs votes and that you have neither answered nor skipped. While you
+    hold a lease you get the same task again."""
+    get_project(session, project_id)
+    picked = assign.next_task(
+        session,
+        project_id=project_id,
+        user_id=user.id,
+        now=utcnow(),
+        lease_seconds=runtime.settings.lease_seconds,
+    )
+    if picked is None:
+        session.commit()
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    task, lease = picked
+    view = task_view(session, task, lease, user)
+    session.commit()
+    return view
+
+
+def _submit(session: Session, task_id: int, user: User, data: assign.VoteInput, response: Response) -> Vote:
+    try:
+        replay = assign.find_replay(session, task_id=task_id, user_id=user.id, data=data)
+        if replay is not None:
+            response.status_code = status.HTTP_200_OK
+            return replay
+        try:
+            vote = assign.submit_vote(session, task_id=task_id, user_id=user.id, data=data, now=utcnow())
+            session.commit()
+            return vote
+        except IntegrityError:
+            # The same submission raced with itself (a client retry): the first one won.
+            session.rollback()
+            replay = assign.find_replay(session, task_id=task_id, user_id=user.id, data=data)
+            if replay is None:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT, f"you already answered task {task_id}"
+                ) from None
+            response.status_code = status.HTTP_200_OK
+            return replay
+    except DspoError as exc:
+        session.rollback()
+        raise HTTPException(exc.status_code, exc.message) from None
+
+
+@router.post("/tasks/{task_id}/vote", response_model=VoteOut, status_code=status.HTTP_201_CREATED)
+def vote(task_id: int, body: VoteIn, user: CurrentUser, session: SessionDep, response: Response) -> Vote:
+    """Answer a task: best and worst (pick), tie, or all_bad. 201 when recorded, 200 when this
+    client_submission_id was recorded before (a safe retry), 409 for a different second answer."""
+    return _submit(session, task_id, user, assign.VoteInput(**body.model_dump()), response)
+
+
+@router.post("/tasks/{task_id}/skip", response_model=VoteOut, status_code=status.HTTP_201_CREATED)
+def skip(task_id: int, body: SkipIn, user: CurrentUser, session: SessionDep, response: Response) -> Vote:
+    """Skip a task: it is never offered to you again and does not count towards its votes."""
+    data = assign.VoteInput(outcome="skip", client_submission_id=body.client_submission_id)
+    return _submit(session, task_id, user, data, response)
+
+
+@router.post("/tasks/{task_id}/release", status_code=status.HTTP_204_NO_CONTENT)
+def release(task_id: int, user: CurrentUser, session: SessionDep) -> None:
+    """Give back a leased task unanswered; it may be offered to you again later."""
+    if session.get(Task, task_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} does not exist")
+    if not assign.release_task(session, task_id=task_id, user_id=user.id):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"you hold no lease on task {task_id}")
+    session.commit()
+
+
+@router.get("/tasks/{task_id}/votes", response_model=list[VoteOut])
+def task_votes(task_id: int, user: CurrentUser, session: SessionDep) -> list[Vote]:
+    """Admins see every vote on the task; annotators only their own."""
+    if session.get(Task, task_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} does not exist")
+    stmt = select(Vote).where(Vote.task_id == task_id).order_by(Vote.id)
+    if user.role != "admin":
+        stmt = stmt.where(Vote.user_id == user.id)
+    return list(session.scalars(stmt))

@@ -1,0 +1,35 @@
+"""Settings from the environment (prefix ``DSPO_``) or a ``.env`` file, in one typed object."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DSPO_", env_file=".env", extra="ignore")
+
+    # The embedded default: one SQLite file and a blob folder under ./var, jobs run in-process.
+    database_url: str = "sqlite:///var/dspo.db"
+    broker_url: str = Field(default="", description="Celery broker (redis://...); empty runs jobs in-process")
+    storage_root: Path = Path("var/blobs")
+    secret_key: str = "change-me"
+    redis_key_prefix: str = "dspo"
+
+    default_candidates: int = Field(default=4, ge=2, le=16, description="N, candidates per LQ image")
+    default_overlap: int = Field(default=3, ge=1, le=20, description="k, votes wanted per task")
+    lease_seconds: int = Field(default=300, ge=5, description="how long `next` reserves a task slot")
+    token_hours: int = Field(default=24 * 7, ge=1)
+    max_upload_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    inprocess_job_threads: int = 2
+
+    @property
+    def jobs_in_process(self) -> bool:
+        return not self.broker_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
