@@ -1,0 +1,29 @@
+"""SR candidate generators, found by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.generators.base import Candidate, Generator, GeneratorUnavailable
+from worker.generators.classical import ClassicalGenerator
+
+__all__ = ["Candidate", "Generator", "GeneratorUnavailable", "KNOWN_GENERATORS", "get_generator"]
+
+KNOWN_GENERATORS = ("classical", "realesrgan")
+
+
+def get_generator(name: str, **settings: Any) -> Generator:
+    """Build a generator by name; settings go to its constructor. realesrgan is imported only here,
+    and raises GeneratorUnavailable with an install hint if it cannot run."""
+    if name == "classical":
+        cls: type = ClassicalGenerator
+    elif name == "realesrgan":
+        from worker.generators.realesrgan import RealesrganGenerator
+
+        cls = RealesrganGenerator
+    else:
+        raise ValueError(f"Unknown generator {name!r}; known generators: {', '.join(KNOWN_GENERATORS)}")
+    try:
+        return cls(**settings)
+    except TypeError as exc:
+        raise ValueError(f"Bad settings for generator {name!r}: {exc}") from exc
