@@ -1,0 +1,27 @@
+"""Segmenters, found by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.segmenters.base import Segmenter
+from worker.segmenters.classical import FelzenszwalbSegmenter, SlicSegmenter
+
+__all__ = ["KNOWN_SEGMENTERS", "Segmenter", "get_segmenter"]
+
+_SEGMENTERS: dict[str, type] = {"felzenszwalb": FelzenszwalbSegmenter, "slic": SlicSegmenter}
+KNOWN_SEGMENTERS = tuple(_SEGMENTERS)
+
+
+def get_segmenter(name: str, **settings: Any) -> Segmenter:
+    """Build a segmenter by name; settings go to its constructor."""
+    try:
+        cls = _SEGMENTERS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown segmenter {name!r}; known segmenters: {', '.join(KNOWN_SEGMENTERS)}"
+        ) from None
+    try:
+        return cls(**settings)
+    except TypeError as exc:
+        raise ValueError(f"Bad settings for segmenter {name!r}: {exc}") from exc
