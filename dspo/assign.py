@@ -68,7 +68,8 @@ def next_task(
         .limit(1)
     ).first()
     if held is not None:
-        return held.tuple()
+        task, lease = held
+        return task, lease
 
     reclaim_expired_leases(session, now)
     answered = exists().where(Vote.task_id == Task.id, Vote.user_id == user_id)

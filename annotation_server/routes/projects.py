@@ -131,18 +131,18 @@ def compute_stats(session: Session, project_id: int) -> ProjectStats:
     in_project = Task.project_id == project_id
     votes_by_outcome = _count_by(session, Vote.outcome, Vote.task_id == Task.id, in_project)
     per_user = session.execute(
-        select(User.id, User.username, Vote.outcome == "skip", func.count())
+        select(User.id, User.username, Vote.outcome, func.count())
         .join(Vote, Vote.user_id == User.id)
         .join(Task, Task.id == Vote.task_id)
         .where(in_project)
-        .group_by(User.id, User.username, Vote.outcome == "skip")
+        .group_by(User.id, User.username, Vote.outcome)
     )
     annotators: dict[int, AnnotatorCount] = {}
-    for user_id, username, is_skip, n in per_user:
+    for user_id, username, outcome, n in per_user:
         entry = annotators.setdefault(
             user_id, AnnotatorCount(user_id=user_id, username=username, votes=0, skips=0)
         )
-        if is_skip:
+        if outcome == "skip":
             entry.skips += n
         else:
             entry.votes += n

@@ -1,0 +1,91 @@
+"""The `dspo` command. Core subcommands live here; the server, the worker and the trainer add theirs
+through the entry-point group ``dspo.cli`` (each entry is a ``register(subparsers)`` function), so
+this shared core never imports them."""
+
+import argparse
+import getpass
+import logging
+import secrets
+import sys
+from importlib.metadata import entry_points
+
+from sqlalchemy import select
+
+from dspo.db import session_scope
+from dspo.models import User
+from dspo.runtime import Runtime
+from dspo.security import hash_password
+from dspo.settings import get_settings
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from dspo.migrate import upgrade
+
+    url = args.database_url or get_settings().database_url
+    upgrade(url, args.revision)
+    print(f"database at {url.split('@')[-1]} is at revision {args.revision}")
+    return 0
+
+
+def ensure_user(runtime: Runtime, username: str, role: str, password: str | None = None) -> str:
+    """Create the user, or reset its password and role if it exists; returns the password."""
+    password = password or secrets.token_urlsafe(12)
+    with session_scope(runtime.sessions) as session:
+        user = session.scalars(select(User).where(User.username == username)).first()
+        if user is None:
+            session.add(User(username=username, password_hash=hash_password(password), role=role))
+        else:
+            user.password_hash, user.role, user.is_active = hash_password(password), role, True
+    return password
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    password = args.password
+    if password is None and not args.generate_password:
+        password = getpass.getpass(f"password for {args.username}: ")
+    if password is not None and len(password) < 8:
+        print("error: the password must have at least 8 characters", file=sys.stderr)
+        return 2
+    runtime = Runtime.from_settings()
+    password = ensure_user(runtime, args.username, args.role, password)
+    print(f"user {args.username!r} ({args.role}) is ready")
+    if args.generate_password:
+        print(f"password: {password}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dspo", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    up = db.add_parser("upgrade", help="apply the migrations (creates the SQLite file if needed)")
+    up.add_argument("--revision", default="head")
+    up.add_argument("--database-url", help="default: DSPO_DATABASE_URL")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    user = commands.add_parser("user", help="users").add_subparsers(dest="user_command", required=True)
+    create = user.add_parser("create", help="create a user, or reset its password and role")
+    create.add_argument("username")
+    create.add_argument("--role", choices=["admin", "annotator"], default="annotator")
+    create.add_argument("--password", help="default: asked for on the terminal")
+    create.add_argument("--generate-password", action="store_true", help="make one up and print it")
+    create.set_defaults(func=cmd_user_create)
+
+    for ep in sorted(entry_points(group="dspo.cli"), key=lambda ep: ep.name):
+        ep.load()(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

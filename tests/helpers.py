@@ -1,0 +1,47 @@
+"""Small helpers for tests that talk to the API."""
+
+import io
+import time
+import uuid
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+def login(client: httpx.Client, username: str, password: str) -> dict[str, str]:
+    response = client.post("/api/v1/auth/login", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def png_bytes(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
+    """A small photo-like image: smooth shapes plus texture, so segments and candidates differ."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([np.sin(x / 7 + seed), np.cos(y / 5), np.sin((x + y) / 11)], axis=-1) * 80 + 128
+    base[: height // 2, : width // 2] = [200, 40, 40]
+    noise = rng.normal(0, 12, size=base.shape)
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def submission_id() -> str:
+    return uuid.uuid4().hex
+
+
+def wait_for_jobs(
+    client: httpx.Client, headers: dict[str, str], project_id: int, timeout: float = 120
+) -> list:
+    """Poll the jobs API until no job of the project is queued or running; return the jobs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = client.get("/api/v1/jobs", params={"project_id": project_id, "limit": 1000}, headers=headers)
+        assert jobs.status_code == 200, jobs.text
+        items = jobs.json()
+        if items and all(j["state"] in ("succeeded", "failed") for j in items):
+            return items
+        assert time.monotonic() < deadline, f"jobs still running after {timeout} s: {items}"
+        time.sleep(0.1)
