@@ -16,6 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+try:  # Pillow built without LittleCMS cannot colour-manage; pixels are then taken as sRGB
+    from PIL import ImageCms
+except ImportError:  # pragma: no cover - depends on the Pillow build
+    ImageCms = None  # type: ignore[assignment]
+
 # Formats accepted from uploads, by Pillow's format name. MPO is what Pillow calls a JPEG with extra
 # pictures (phones and cameras write them); only its first picture is used.
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP"})
@@ -38,7 +43,9 @@ def decode_upload(data: bytes, *, max_pixels: int) -> Image.Image:
 
     The pixel count is checked from the header before any pixel is decoded. The whole file is then
     decoded, so truncated and corrupt files are refused rather than silently padded. EXIF orientation
-    is applied; transparency is composited on white; 16-bit and float grey are scaled to 8 bits.
+    is applied; an embedded colour profile other than sRGB is converted to sRGB (an unreadable profile
+    is ignored, as browsers do); transparency is composited on white; 16-bit and float grey are scaled
+    to 8 bits.
     """
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
@@ -69,7 +76,7 @@ def decode_upload(data: bytes, *, max_pixels: int) -> Image.Image:
         raise ImageRejected(
             f"The image's EXIF metadata cannot be read ({exc}): re-save the image without metadata."
         ) from exc
-    return to_rgb(img)
+    return to_rgb(_to_srgb(img))
 
 
 def _open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -77,6 +84,8 @@ def _open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Our own max_pixels is the limit that counts; Pillow's softer warning would only add noise.
+            # (catch_warnings is not thread-safe before Python 3.14: a race can at worst leave this
+            # one "ignore" filter installed process-wide, which is harmless here.)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
@@ -117,6 +126,34 @@ def _verify_png(data: bytes) -> None:
         raise ImageRejected(
             f"The PNG file is corrupt ({exc}): re-export it from the original and upload it again."
         ) from exc
+
+
+# Which profile colour spaces fit which image modes.
+_PROFILE_SPACES = {"RGB": "RGB", "CMYK": "CMYK", "L": "GRAY"}
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """Convert pixels described by an embedded non-sRGB ICC profile to sRGB (mode RGB)."""
+    icc = img.info.get("icc_profile")
+    if not icc or ImageCms is None:
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = source.profile.xcolor_space.strip()
+        description = ImageCms.getProfileDescription(source)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return img
+    if "sRGB" in description:
+        return img
+    if img.mode not in _PROFILE_SPACES:  # alpha and palette: composite first, then convert the colours
+        img = to_rgb(img)
+    if _PROFILE_SPACES.get(img.mode) != space:
+        return img
+    try:
+        converted = ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except ImageCms.PyCMSError:
+        return img
+    return converted if converted is not None else img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

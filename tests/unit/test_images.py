@@ -120,6 +120,34 @@ def test_exif_orientation_is_applied() -> None:
     assert bottom[2] > 200 and bottom[0] < 60
 
 
+def swapped_rgb_profile() -> bytes:
+    """Pillow's sRGB profile with the red and blue primaries swapped, renamed: a non-sRGB RGB profile."""
+    from PIL import ImageCms
+
+    raw = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = struct.unpack(">I", raw[128:132])[0]
+    entries = {bytes(raw[132 + 12 * i : 136 + 12 * i]): 132 + 12 * i for i in range(count)}
+    red, blue = entries[b"rXYZ"], entries[b"bXYZ"]
+    raw[red + 4 : red + 12], raw[blue + 4 : blue + 12] = raw[blue + 4 : blue + 12], raw[red + 4 : red + 12]
+    return bytes(raw).replace("sRGB".encode("utf-16-be"), "swap".encode("utf-16-be"))
+
+
+def test_embedded_colour_profiles_are_converted_to_srgb() -> None:
+    from PIL import ImageCms
+
+    image = Image.new("RGB", (8, 6), (200, 30, 10))
+    converted = decode_upload(save(image, "PNG", icc_profile=swapped_rgb_profile()), max_pixels=LIMIT)
+    assert converted.getpixel((0, 0)) == (10, 30, 200)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert decode_upload(save(image, "PNG", icc_profile=srgb), max_pixels=LIMIT).getpixel((0, 0)) == (
+        200,
+        30,
+        10,
+    )
+    garbage = decode_upload(save(image, "PNG", icc_profile=b"not a profile"), max_pixels=LIMIT)
+    assert garbage.getpixel((0, 0)) == (200, 30, 10)
+
+
 # --- decode_upload: what it refuses --------------------------------------------------------------
 
 
