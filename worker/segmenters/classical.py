@@ -1,7 +1,9 @@
 """Classical segmenters from scikit-image: Felzenszwalb (default) and SLIC. Both are deterministic.
 
-``max_side`` (optional) segments a copy downscaled so that its longer side is at most that many pixels,
-then scales the labels back with nearest-neighbour: much faster on large SR references.
+``max_side`` segments a copy downscaled so that its longer side is at most that many pixels, then
+scales the labels back with nearest-neighbour. The default (1024) leaves references up to 1024 px
+untouched and keeps large SR references fast (felzenszwalb on a 2400x1600 reference: 36 s at full
+size, 5 s at 1024 on a 2-core machine). None segments at full size.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from skimage.segmentation import felzenszwalb, slic
 
 from dspo.images import to_rgb
 from worker.segmenters.base import labels_to_masks
+
+DEFAULT_MAX_SIDE = 1024
 
 
 def _prepare(reference: Image.Image, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -50,7 +54,7 @@ class FelzenszwalbSegmenter:
         scale: float = 300.0,
         sigma: float = 0.8,
         min_size: int | None = None,
-        max_side: int | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
     ) -> None:
         if scale <= 0 or sigma < 0:
             raise ValueError(f"felzenszwalb needs scale > 0 and sigma >= 0, got scale={scale}, sigma={sigma}")
@@ -82,7 +86,7 @@ class SlicSegmenter:
         n_segments: int = 100,
         compactness: float = 10.0,
         sigma: float = 1.0,
-        max_side: int | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
     ) -> None:
         if n_segments < 1 or compactness <= 0 or sigma < 0:
             raise ValueError(
