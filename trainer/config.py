@@ -1,0 +1,81 @@
+"""All training settings in one plain dataclass; the CLI maps its flags onto these fields one to one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from trainer.losses import LOSS_TYPES, REGULARISERS
+
+LOSSES = ("dspo", "dpo", "sft")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str
+    model: str
+    output_dir: str
+    backbone: str = "upscaler"  # upscaler | onestep
+    loss: str = "dspo"  # dspo (masked, weighted, per instance) | dpo (image level) | sft (winners only)
+    loss_type: str = "sigmoid"  # sigmoid | hinge | ipo
+    beta: float = 5000.0  # on per-element mean errors; public Diffusion-DPO code uses 2500 to 5000
+    text_feedback: bool = True  # append content_text to the prompt (SPEC §5); False for the ablation
+    resolution: int = 512  # training crop size in SR pixels
+    buckets: tuple[int, ...] = ()  # more crop sizes; a record trains at the smallest size holding its box
+    flip: bool = True
+    batch_size: int = 4  # records (pairs) per device per micro-batch
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 1000  # optimizer steps
+    learning_rate: float = 1e-5
+    lr_warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    lora_rank: int = 16  # 0 = full fine-tuning against a frozen copy
+    lora_alpha: float | None = None  # None = lora_rank
+    lora_vae_encoder: bool = False  # onestep: LoRA on the VAE encoder too
+    noise_level: int = 20  # upscaler: noise added to the LQ conditioning, as its pipeline does by default
+    reg: str = "sft"  # onestep regulariser: sft (to the winner) | ref (to the reference output)
+    reg_weight: float = 1.0  # onestep only; 0 turns the regulariser off
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    compile: bool = False  # torch.compile the trained networks (after the FLOP-counting first step)
+    seed: int = 0
+    checkpoint_every: int = 0  # optimizer steps; 0 = only the final weights
+    resume: str | None = None  # "latest" or a checkpoint folder
+    log_every: int = 10
+    val_every: int = 0  # 0 = validate only at the end
+    val_repeats: int = 4  # noise draws per validation record
+    num_workers: int = 0
+    progress: bool = True
+    peak_tflops: float | None = None  # for MFU when the GPU is not in the built-in table
+
+    def __post_init__(self) -> None:
+        choices = {
+            "backbone": ("upscaler", "onestep"),
+            "loss": LOSSES,
+            "loss_type": LOSS_TYPES,
+            "reg": REGULARISERS,
+            "mixed_precision": MIXED_PRECISION,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        self.buckets = tuple(self.buckets)
+        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "resolution", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.lora_vae_encoder and self.backbone != "onestep":
+            raise ValueError("lora_vae_encoder applies to the onestep backbone only")
+
+    @property
+    def uses_regulariser(self) -> bool:
+        return self.backbone == "onestep" and self.loss != "sft" and self.reg_weight > 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,416 @@
+"""The DSPO training loop, top to bottom: data, model, reference, optimizer, steps, checkpoints, export."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import resource
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from dspo.dataset_format import verify_dataset
+from trainer.backbones import Backbone, Batch, load_backbone
+from trainer.backbones.base import Nets
+from trainer.config import TrainConfig
+from trainer.data import BatchOrder, PreferenceDataset, fixed_batches, training_batches
+from trainer.losses import masked_error, preference_loss, training_loss
+from trainer.model_card import write_model_card
+
+# Dense bf16 peak of the GPUs whose MFU we report without being told (TFLOP/s).
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+class Reference:
+    """The frozen starting model, the one place that knows what "reference" means.
+
+    With LoRA it is the trained network itself with its adapters disabled, so no second copy is held; with
+    full fine-tuning it is a frozen copy taken before the first step (and before a resume loads weights).
+    """
+
+    def __init__(self, backbone: Backbone, trainable: Nets, lora: bool, dtype: torch.dtype) -> None:
+        self.lora, self.trainable = lora, trainable
+        copies = (
+            trainable
+            if lora
+            else {n: copy.deepcopy(m).requires_grad_(False).to(dtype) for n, m in trainable.items()}
+        )
+        self.nets: Nets = {**backbone.modules(), **copies}
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        if not self.lora:
+            yield
+            return
+        for net in self.trainable.values():
+            net.disable_adapters()
+        try:
+            yield
+        finally:
+            for net in self.trainable.values():
+                net.enable_adapters()
+
+
+def step_generator(device: torch.device, *key: int) -> torch.Generator:
+    # Noise and timesteps are a pure function of (seed, step, micro-batch, rank): a resumed run draws exactly
+    # what the uninterrupted one would, with no RNG state to save.
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if device.type != "cuda" or cfg.mixed_precision != "bf16":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def add_lora(backbone: Backbone, cfg: TrainConfig) -> Nets:
+    trainable = {}
+    for name, targets in backbone.lora_targets.items():
+        net = getattr(backbone.pipe, name)
+        net.add_adapter(
+            LoraConfig(
+                r=cfg.lora_rank,
+                lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                init_lora_weights="gaussian",
+                target_modules=targets,
+            )
+        )
+        # Adapter weights train in float32 even when the frozen base runs in bf16/fp16.
+        for p in net.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        trainable[name] = net
+    return trainable
+
+
+def trainable_state(trainable: Nets) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        name: {k: p.detach().cpu().clone() for k, p in net.named_parameters() if p.requires_grad}
+        for name, net in trainable.items()
+    }
+
+
+def load_trainable_state(trainable: Nets, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    for name, net in trainable.items():
+        params = dict(net.named_parameters())
+        for key, value in state[name].items():
+            params[key].data.copy_(value)
+
+
+def find_checkpoint(cfg: TrainConfig) -> Path:
+    if cfg.resume != "latest":
+        return Path(cfg.resume)
+    found = sorted((Path(cfg.output_dir) / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint to resume in {cfg.output_dir}/checkpoints")
+    return found[-1]
+
+
+def validate(
+    cfg: TrainConfig,
+    backbone: Backbone,
+    model_nets: Nets,
+    reference: Reference,
+    dataset: PreferenceDataset,
+    accelerator: Accelerator,
+    dtype: torch.dtype,
+) -> dict[str, float]:
+    """Held-out preference metrics under the instance masks, with fixed noise: comparable across runs."""
+    logits, losses = [], []
+    for b, batch in enumerate(fixed_batches(dataset, cfg.batch_size)):
+        batch = batch.to(accelerator.device, dtype)
+        for r in range(cfg.val_repeats):
+            generator = step_generator(accelerator.device, cfg.seed, 1, b, r)
+            with torch.no_grad(), accelerator.autocast():
+                with reference.active():
+                    inputs = backbone.prepare(batch, reference.nets, generator, losers=True)
+                    ref_pred = backbone.predict(reference.nets, inputs)
+                pred = backbone.predict(model_nets, inputs)
+                model_err = masked_error(pred, inputs.target, inputs.mask)
+                ref_err = masked_error(ref_pred, inputs.target, inputs.mask)
+                loss, batch_logits = preference_loss(
+                    model_err, ref_err, batch.weight, cfg.beta, cfg.loss_type
+                )
+            logits.append(batch_logits)
+            losses.append(loss)
+    if not logits:
+        return {}
+    all_logits = torch.cat(logits).float()
+    return {
+        "val_accuracy": (all_logits > 0).float().mean().item(),
+        "val_reward_margin": all_logits.mean().item(),
+        "val_loss": torch.stack(losses).mean().item(),
+    }
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    device, main = accelerator.device, accelerator.is_main_process
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+
+    # Data first: a broken dataset stops here, before any model is loaded.
+    manifest = verify_dataset(cfg.dataset)
+    sizes = (cfg.resolution, *cfg.buckets)
+    train_set = PreferenceDataset(
+        cfg.dataset,
+        "train",
+        sizes,
+        image_level=cfg.loss != "dspo",
+        text_feedback=cfg.text_feedback,
+        flip=cfg.flip,
+        seed=cfg.seed,
+        manifest=manifest,
+    )
+    val_set = PreferenceDataset(
+        cfg.dataset,
+        "val",
+        sizes,
+        text_feedback=cfg.text_feedback and cfg.loss == "dspo",
+        random_crops=False,
+        manifest=manifest,
+    )
+    if not len(train_set):
+        raise ValueError(f"{cfg.dataset} has no train records for loss {cfg.loss}")
+
+    # Model.
+    extra = (
+        {"noise_level": cfg.noise_level}
+        if cfg.backbone == "upscaler"
+        else {"lora_vae_encoder": cfg.lora_vae_encoder}
+    )
+    backbone = load_backbone(cfg.backbone, cfg.model, dtype=dtype, **extra).to(device)
+    for scale in {r.scale for r in train_set.records + val_set.records}:
+        backbone.check_scale(scale)
+        multiple = backbone.size_multiple(scale)
+        if any(s % multiple for s in sizes):
+            raise ValueError(f"crop sizes {sizes} must be multiples of {multiple} for scale {scale}")
+    if cfg.lora_rank:
+        trainable = add_lora(backbone, cfg)
+        reference = Reference(backbone, trainable, lora=True, dtype=dtype)
+    else:
+        trainable = {name: getattr(backbone.pipe, name) for name in backbone.lora_targets}
+        reference = Reference(backbone, trainable, lora=False, dtype=dtype)
+        for net in trainable.values():
+            net.float().requires_grad_(True).train()
+    params = [p for net in trainable.values() for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.weight_decay,
+        eps=cfg.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.lr_warmup_steps)
+
+    step, cursor, skipped = 0, (0, 0), 0
+    if cfg.resume:
+        checkpoint = find_checkpoint(cfg)
+        state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+        load_trainable_state(trainable, state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        step, cursor, skipped = state["step"], tuple(state["cursor"]), state["skipped"]
+
+    wrapped = accelerator.prepare(*trainable.values())
+    wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+    model_nets: Nets = {**backbone.modules(), **dict(zip(trainable, wrapped, strict=True))}
+    optimizer = accelerator.prepare(optimizer)
+
+    order = BatchOrder(
+        train_set,
+        cfg.batch_size,
+        cfg.seed,
+        accelerator.num_processes,
+        accelerator.process_index,
+        start=cursor,
+    )
+    batches = training_batches(train_set, order, cfg.num_workers)
+    pairs = cfg.loss != "sft"
+    needs_ref = pairs or (cfg.uses_regulariser and cfg.reg == "ref")
+    records_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+    images_per_step = records_per_step * (2 if pairs else 1)
+    peak = peak_flops(cfg, device)
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "logs"))
+        print(
+            f"training {cfg.backbone} with {cfg.loss} on {len(train_set)} records "
+            f"({manifest['dataset_id']} v{manifest['version']}), {sum(p.numel() for p in params):,} "
+            f"trainable parameters, {images_per_step} images per step"
+        )
+    history = open(out / "metrics.jsonl", "a" if cfg.resume else "w") if main else None
+    progress = tqdm(total=cfg.max_steps, initial=step, disable=not (main and cfg.progress), desc="train")
+    flops_per_step: float | None = None
+    window_start, window_steps, window_metrics = time.perf_counter(), 0, []
+    last: dict[str, float] = {}
+
+    while step < cfg.max_steps:
+        counting = flops_per_step is None
+        counter = FlopCounterMode(display=False) if counting else contextlib.nullcontext()
+        step_metrics, bad = [], False
+        with counter:
+            for micro in range(cfg.gradient_accumulation_steps):
+                batch: Batch = next(batches).to(device, dtype)
+                cursor = batch.cursor
+                generator = step_generator(device, cfg.seed, 0, step, micro, accelerator.process_index)
+                with accelerator.autocast():
+                    with torch.no_grad(), reference.active():
+                        inputs = backbone.prepare(batch, reference.nets, generator, losers=pairs)
+                        ref_pred = backbone.predict(reference.nets, inputs) if needs_ref else None
+                    pred = backbone.predict(model_nets, inputs)
+                    loss, metrics = training_loss(
+                        cfg.loss,
+                        pred,
+                        ref_pred,
+                        inputs.target,
+                        inputs.mask,
+                        batch.weight,
+                        cfg.beta,
+                        cfg.loss_type,
+                        cfg.reg,
+                        cfg.reg_weight if cfg.uses_regulariser else 0.0,
+                    )
+                # Every process must agree to skip, or the others would wait forever in backward's all-reduce.
+                finite = accelerator.reduce(torch.isfinite(loss.detach()).float(), reduction="sum")
+                if finite.item() < accelerator.num_processes:
+                    bad = True
+                    continue
+                last_micro = micro == cfg.gradient_accumulation_steps - 1
+                with contextlib.ExitStack() as stack:
+                    if not last_micro:
+                        for net in wrapped:
+                            stack.enter_context(accelerator.no_sync(net))
+                    accelerator.backward(loss / cfg.gradient_accumulation_steps)
+                step_metrics.append(metrics)
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+            if bad or not torch.isfinite(torch.as_tensor(grad_norm)):
+                skipped += 1
+            else:
+                optimizer.step()
+                lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        progress.update(1)
+        if counting:
+            flops_per_step = float(counter.get_total_flops()) * accelerator.num_processes
+            if cfg.compile:
+                for net in trainable.values():
+                    net.compile()
+            # The counted step is slow; throughput is measured from the next one.
+            window_start, window_steps, window_metrics = time.perf_counter(), 0, []
+        else:
+            window_steps += 1
+            window_metrics += step_metrics
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - window_start
+            logged = {
+                "step": step,
+                "lr": lr_scheduler.get_last_lr()[0],
+                "skipped_steps": skipped,
+                "beta": cfg.beta,
+                "peak_memory_mib": peak_memory_mib(device),
+            }
+            recent = window_metrics or step_metrics
+            for key in recent[0] if recent else []:
+                value = torch.stack([m[key].float() for m in recent]).mean()
+                logged[key] = accelerator.reduce(value, reduction="mean").item()
+            if window_steps:
+                logged["seconds_per_step"] = elapsed / window_steps
+                logged["images_per_s"] = images_per_step * window_steps / elapsed
+                if pairs:
+                    logged["pairs_per_s"] = records_per_step * window_steps / elapsed
+                logged["tflops_per_s"] = flops_per_step * window_steps / elapsed / 1e12
+                if peak:
+                    logged["mfu"] = (
+                        flops_per_step * window_steps / elapsed / (peak * accelerator.num_processes)
+                    )
+            if cfg.val_every and step % cfg.val_every == 0 and len(val_set):
+                logged.update(validate(cfg, backbone, model_nets, reference, val_set, accelerator, dtype))
+            if main:
+                for key, value in logged.items():
+                    if key != "step":
+                        writer.add_scalar(f"train/{key}", value, step)
+                history.write(json.dumps(logged) + "\n")
+                history.flush()
+                progress.set_postfix(
+                    {k: f"{logged[k]:.4g}" for k in ("loss", "accuracy", "images_per_s") if k in logged}
+                )
+            last = logged
+            window_start, window_steps, window_metrics = time.perf_counter(), 0, []
+
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            accelerator.wait_for_everyone()
+            if main:
+                folder = out / "checkpoints" / f"step-{step}"
+                folder.mkdir(parents=True, exist_ok=True)
+                torch.save(
+                    {
+                        "step": step,
+                        "cursor": list(cursor),
+                        "skipped": skipped,
+                        "trainable": trainable_state(trainable),
+                        "optimizer": optimizer.state_dict(),
+                        "lr_scheduler": lr_scheduler.state_dict(),
+                        "config": cfg.to_dict(),
+                    },
+                    folder / "state.pt",
+                )
+    progress.close()
+
+    final = dict(last)
+    if len(val_set):
+        final.update(validate(cfg, backbone, model_nets, reference, val_set, accelerator, dtype))
+    accelerator.wait_for_everyone()
+    if main:
+        save_weights(backbone, trainable, cfg, out)
+        final["flops_per_step"] = flops_per_step or 0.0
+        (out / "metrics.json").write_text(json.dumps(final, indent=2))
+        (out / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        write_model_card(out, cfg, manifest, final)
+        writer.close()
+        history.close()
+    accelerator.end_training()
+    return final
+
+
+def save_weights(backbone: Backbone, trainable: Nets, cfg: TrainConfig, out: Path) -> None:
+    """LoRA in the diffusers format (its pipeline loads it with load_lora_weights), or the full nets."""
+    if not cfg.lora_rank:
+        for name, net in trainable.items():
+            net.save_pretrained(out / name)
+        return
+    kwargs = {}
+    for name, net in trainable.items():
+        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(net))
+        kwargs[f"{name}_lora_adapter_metadata"] = net.peft_config["default"].to_dict()
+    backbone.pipeline_class.save_lora_weights(str(out), **kwargs)
