@@ -56,7 +56,7 @@ def cmd_user_create(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspo", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what every job does (INFO)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
@@ -74,14 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_user_create)
 
     for ep in sorted(entry_points(group="dspo.cli"), key=lambda ep: ep.name):
-        ep.load()(commands)
+        try:
+            register = ep.load()
+        except ImportError as exc:
+            # An optional part (e.g. the trainer without the [train] extra) must not break the rest.
+            print(
+                f"note: the {ep.name!r} commands are unavailable ({exc}); install its extra", file=sys.stderr
+            )
+            continue
+        register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return args.func(args)

@@ -5,8 +5,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dspo.blobs import BlobStore
-from dspo.images import decode_upload, encode_png, sha256_hex
+from dspo.images import ImageRejected, decode_upload, encode_png, sha256_hex
 from dspo.models import Project, Source
+
+MIN_LQ_SIDE = 8  # smaller LQ images have nothing to segment or compare
 
 
 def add_source(
@@ -28,6 +30,12 @@ def add_source(
     if existing is not None:
         return existing, True
     image = decode_upload(data, max_pixels=max_pixels)
+    smallest = MIN_LQ_SIDE * (project.scale if kind == "hq" else 1)
+    if min(image.size) < smallest:
+        raise ImageRejected(
+            f"the image is {image.width}x{image.height}; a {kind.upper()} image for this x{project.scale} "
+            f"project needs at least {smallest} pixels on each side"
+        )
     # The normalised PNG (EXIF orientation applied, RGB) is what every later step reads.
     stored = blobs.put(encode_png(image))
     source = Source(

@@ -230,3 +230,21 @@ def test_project_runs_out_of_tasks(api: Api, project_id: int) -> None:
         answered += 1
     stats = api.client.get(f"/api/v1/projects/{project_id}/stats", headers=api.admin).json()
     assert answered == stats["tasks_total"] and stats["votes"] == answered
+
+
+def test_full_candidate_and_reference_variants(api: Api, project_id: int) -> None:
+    import io
+
+    from PIL import Image
+
+    task = next_task(api, api.alice, project_id)
+    candidate_id = task["candidates"][0]["id"]
+    full = api.client.get(f"/api/v1/images/candidates/{candidate_id}", headers=api.alice)
+    assert full.status_code == 200
+    assert Image.open(io.BytesIO(full.content)).size == tuple(task["image_size"])
+    nearest = api.client.get(task["lq_url"] + "?method=nearest", headers=api.alice)
+    bicubic = api.client.get(task["lq_url"], headers=api.alice)
+    assert nearest.status_code == 200 and nearest.content != bicubic.content
+    assert api.client.get(task["lq_url"] + "?method=magic", headers=api.alice).status_code == 422
+    other = api.client.get(f"/api/v1/images/tasks/{task['id']}/candidates/999999", headers=api.alice)
+    assert other.status_code == 404

@@ -73,6 +73,16 @@ def test_duplicate_upload_returns_the_existing_source(api: Api, project_id: int)
     assert second.json()["job_id"] is None
 
 
+def test_too_small_images_are_refused(api: Api, project_id: int) -> None:
+    tiny = {"file": ("tiny.png", png_bytes(20, 20), "image/png")}
+    as_hq = api.client.post(
+        f"/api/v1/projects/{project_id}/uploads", files=tiny, data={"kind": "hq"}, headers=api.admin
+    )
+    assert as_hq.status_code == 422 and "at least 32 pixels" in as_hq.json()["detail"]
+    as_lq = api.client.post(f"/api/v1/projects/{project_id}/uploads", files=tiny, headers=api.admin)
+    assert as_lq.status_code == 201
+
+
 def test_wrong_kind_and_unknown_project(api: Api, project_id: int) -> None:
     files = {"file": ("a.png", png_bytes(), "image/png")}
     wrong = api.client.post(

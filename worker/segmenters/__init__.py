@@ -9,7 +9,12 @@ from worker.segmenters.classical import FelzenszwalbSegmenter, SlicSegmenter
 
 __all__ = ["KNOWN_SEGMENTERS", "Segmenter", "get_segmenter"]
 
-_SEGMENTERS: dict[str, type] = {"felzenszwalb": FelzenszwalbSegmenter, "slic": SlicSegmenter}
+# "classical" names the default classical method, for projects that do not care which.
+_SEGMENTERS: dict[str, type] = {
+    "classical": FelzenszwalbSegmenter,
+    "felzenszwalb": FelzenszwalbSegmenter,
+    "slic": SlicSegmenter,
+}
 KNOWN_SEGMENTERS = tuple(_SEGMENTERS)
 
 

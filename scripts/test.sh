@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up everything and run all tests. PostgreSQL and Redis tests need the servers at
+# DSPO_TEST_POSTGRES_URL / DSPO_TEST_REDIS_URL (defaults: 127.0.0.1:5432, 127.0.0.1:6379); without
+# them they skip with the reason, except when CI=true, where they fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/system-packages.sh
+bash scripts/setup.sh "train,realesrgan,test"
+export HF_HUB_OFFLINE=1
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

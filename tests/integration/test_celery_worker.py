@@ -1,0 +1,86 @@
+"""The same jobs on a real Celery worker over Redis, against PostgreSQL (production mode)."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from annotation_server.main import create_app
+from dspo.cli import ensure_user
+from dspo.runtime import Runtime
+from dspo.settings import Settings
+from tests.helpers import login, png_bytes, wait_for_jobs
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+def production(postgres_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[Settings]:
+    from tests.conftest import _truncate_postgres
+
+    _truncate_postgres(postgres_url)
+    settings = Settings(
+        database_url=postgres_url,
+        broker_url=redis_url,
+        redis_key_prefix=redis_prefix,
+        storage_root=tmp_path / "blobs",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    env = {
+        **os.environ,
+        "DSPO_DATABASE_URL": postgres_url,
+        "DSPO_BROKER_URL": redis_url,
+        "DSPO_REDIS_KEY_PREFIX": redis_prefix,
+        "DSPO_STORAGE_ROOT": str(settings.storage_root),
+    }
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dspo.cli", "worker", "--concurrency", "2", "--pool", "threads"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    time.sleep(1)
+    if worker.poll() is not None:
+        log.close()
+        pytest.fail(f"the Celery worker exited at start:\n{(tmp_path / 'worker.log').read_text()}")
+    try:
+        yield settings
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+        if worker.returncode not in (0, -15):
+            print((tmp_path / "worker.log").read_text())
+
+
+def test_jobs_run_on_a_celery_worker(production: Settings) -> None:
+    runtime = Runtime.from_settings(production)
+    ensure_user(runtime, "root", "admin", "root-password")
+    with TestClient(create_app(runtime)) as client:
+        admin = login(client, "root", "root-password")
+        project = client.post("/api/v1/projects", json={"name": "celery", "n_candidates": 3}, headers=admin)
+        project_id = project.json()["id"]
+        for seed in range(2):
+            upload = client.post(
+                f"/api/v1/projects/{project_id}/uploads",
+                files={"file": (f"{seed}.png", png_bytes(48, 32, seed), "image/png")},
+                headers=admin,
+            )
+            assert upload.status_code == 201, upload.text
+        started = time.monotonic()
+        jobs = wait_for_jobs(client, admin, project_id, timeout=120)
+        assert [j["state"] for j in jobs] == ["succeeded"] * 8, jobs
+        assert all(j["attempts"] == 1 for j in jobs)
+        stats = client.get(f"/api/v1/projects/{project_id}/stats", headers=admin).json()
+        assert stats["sources_by_state"] == {"ready": 2} and stats["tasks_total"] >= 4
+        print(f"8 jobs on the Celery worker took {time.monotonic() - started:.1f} s")
+    runtime.close()
