@@ -45,10 +45,11 @@ def crop_window(
         # Windows that contain [lo, hi) start in [hi - side, lo]; clipped to the image. When the box is wider
         # than the window (a very elongated box), the window is centred on it instead.
         first, last = max(0, hi - side), min(lo, extent - side)
+        first, last = -(-first // align), last // align  # in units of `align`
         if first > last:
-            first = last = min(max(0, (lo + hi - side) // 2), extent - side)
+            first = last = max(0, min((lo + hi - side) // 2, extent - side)) // align
         pos = int(rng.integers(first, last + 1)) if rng is not None else (first + last) // 2
-        start.append(min(pos // align * align, (extent - side) // align * align))
+        start.append(pos * align)
     return start[0], start[1], side
 
 

@@ -19,10 +19,12 @@ def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 
     target is (K, B, C, h, w), pred broadcastable to it, mask (B, 1, h, w).
     """
-    squared = (target.float() - pred.float()).square()
+    # float64: the preference signal is a difference of differences of these sums, which float32 sums of
+    # large errors (one-step surrogates) round away. The cost is elementwise and small next to the UNet.
+    squared = (target.double() - pred.double()).square()
     channels = target.shape[-3]
     # A crop whose mask is empty at latent resolution gives e = 0 for both images: no signal, and no NaN.
-    area = mask.sum(dim=(-3, -2, -1)).clamp_min(1e-8)
+    area = mask.double().sum(dim=(-3, -2, -1)).clamp_min(1e-8)
     return (squared * mask).sum(dim=(-3, -2, -1)) / (channels * area)
 
 
@@ -55,9 +57,9 @@ def preference_loss(
 def regulariser(pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     """The one-step surrogate's anchor (SPEC §4): MSE to the winner ("sft") or to the reference ("ref")."""
     if kind == "sft":
-        return (pred[0].float() - target[0].float()).square().mean()
+        return (pred[0].double() - target[0].double()).square().mean()
     if kind == "ref":
-        return (pred[0].float() - ref_pred[0].float()).square().mean()
+        return (pred[0].double() - ref_pred[0].double()).square().mean()
     raise ValueError(f"unknown regulariser {kind!r}; choose from {REGULARISERS}")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import itertools
 import json
 import math
 import resource
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from diffusers import DiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
@@ -165,7 +168,13 @@ def validate(
     }
 
 
-def train(cfg: TrainConfig) -> dict[str, float]:
+@dataclasses.dataclass
+class TrainResult:
+    metrics: dict[str, float]
+    pipeline: DiffusionPipeline  # the backbone's pipeline with the trained weights (adapters attached)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
@@ -265,65 +274,84 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             f"({manifest['dataset_id']} v{manifest['version']}), {sum(p.numel() for p in params):,} "
             f"trainable parameters, {images_per_step} images per step"
         )
+
+    def forward_backward(
+        batch: Batch, generator: torch.Generator, sync: bool
+    ) -> dict[str, torch.Tensor] | None:
+        """One micro-batch: reference and inputs without gradients, then the model, the loss and backward.
+
+        Returns the metrics, or None when the loss was not finite on some process (then nothing is done).
+        """
+        with accelerator.autocast():
+            with torch.no_grad(), reference.active():
+                inputs = backbone.prepare(batch, reference.nets, generator, losers=pairs)
+                ref_pred = backbone.predict(reference.nets, inputs) if needs_ref else None
+            pred = backbone.predict(model_nets, inputs)
+            loss, metrics = training_loss(
+                cfg.loss,
+                pred,
+                ref_pred,
+                inputs.target,
+                inputs.mask,
+                batch.weight,
+                cfg.beta,
+                cfg.loss_type,
+                cfg.reg,
+                cfg.reg_weight if cfg.uses_regulariser else 0.0,
+            )
+        # Every process must agree to skip, or the others would wait forever in backward's all-reduce.
+        finite = accelerator.reduce(torch.isfinite(loss.detach()).float(), reduction="sum")
+        if finite.item() < accelerator.num_processes:
+            return None
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                for net in wrapped:
+                    stack.enter_context(accelerator.no_sync(net))
+            accelerator.backward(loss / cfg.gradient_accumulation_steps)
+        return metrics
+
+    # FLOPs per step, counted once on a throw-away pass over the first batch: counting changes how some ops
+    # dispatch, so no step that trains is ever run under the counter (resumed runs stay bit-exact).
+    first = next(batches).to(device, dtype)
+    with FlopCounterMode(display=False) as counter:
+        forward_backward(first, step_generator(device, cfg.seed, 2, accelerator.process_index), sync=True)
+    optimizer.zero_grad(set_to_none=True)
+    flops_per_step = (
+        float(counter.get_total_flops()) * cfg.gradient_accumulation_steps * accelerator.num_processes
+    )
+    batches = itertools.chain([first], batches)
+    if cfg.compile:
+        for net in trainable.values():
+            net.compile()
+
     history = open(out / "metrics.jsonl", "a" if cfg.resume else "w") if main else None
     progress = tqdm(total=cfg.max_steps, initial=step, disable=not (main and cfg.progress), desc="train")
-    flops_per_step: float | None = None
+    warming_up = True  # the first step of a run (allocations, compilation) is left out of throughput
     window_start, window_steps, window_metrics = time.perf_counter(), 0, []
     last: dict[str, float] = {}
 
     while step < cfg.max_steps:
-        counting = flops_per_step is None
-        counter = FlopCounterMode(display=False) if counting else contextlib.nullcontext()
         step_metrics, bad = [], False
-        with counter:
-            for micro in range(cfg.gradient_accumulation_steps):
-                batch: Batch = next(batches).to(device, dtype)
-                cursor = batch.cursor
-                generator = step_generator(device, cfg.seed, 0, step, micro, accelerator.process_index)
-                with accelerator.autocast():
-                    with torch.no_grad(), reference.active():
-                        inputs = backbone.prepare(batch, reference.nets, generator, losers=pairs)
-                        ref_pred = backbone.predict(reference.nets, inputs) if needs_ref else None
-                    pred = backbone.predict(model_nets, inputs)
-                    loss, metrics = training_loss(
-                        cfg.loss,
-                        pred,
-                        ref_pred,
-                        inputs.target,
-                        inputs.mask,
-                        batch.weight,
-                        cfg.beta,
-                        cfg.loss_type,
-                        cfg.reg,
-                        cfg.reg_weight if cfg.uses_regulariser else 0.0,
-                    )
-                # Every process must agree to skip, or the others would wait forever in backward's all-reduce.
-                finite = accelerator.reduce(torch.isfinite(loss.detach()).float(), reduction="sum")
-                if finite.item() < accelerator.num_processes:
-                    bad = True
-                    continue
-                last_micro = micro == cfg.gradient_accumulation_steps - 1
-                with contextlib.ExitStack() as stack:
-                    if not last_micro:
-                        for net in wrapped:
-                            stack.enter_context(accelerator.no_sync(net))
-                    accelerator.backward(loss / cfg.gradient_accumulation_steps)
-                step_metrics.append(metrics)
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-            if bad or not torch.isfinite(torch.as_tensor(grad_norm)):
-                skipped += 1
+        for micro in range(cfg.gradient_accumulation_steps):
+            batch: Batch = next(batches).to(device, dtype)
+            cursor = batch.cursor
+            generator = step_generator(device, cfg.seed, 0, step, micro, accelerator.process_index)
+            metrics = forward_backward(batch, generator, sync=micro == cfg.gradient_accumulation_steps - 1)
+            if metrics is None:
+                bad = True
             else:
-                optimizer.step()
-                lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                step_metrics.append(metrics)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+        if bad or not torch.isfinite(torch.as_tensor(grad_norm)):
+            skipped += 1
+        else:
+            optimizer.step()
+            lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
         step += 1
         progress.update(1)
-        if counting:
-            flops_per_step = float(counter.get_total_flops()) * accelerator.num_processes
-            if cfg.compile:
-                for net in trainable.values():
-                    net.compile()
-            # The counted step is slow; throughput is measured from the next one.
+        if warming_up:
+            warming_up = False
             window_start, window_steps, window_metrics = time.perf_counter(), 0, []
         else:
             window_steps += 1
@@ -393,14 +421,16 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     accelerator.wait_for_everyone()
     if main:
         save_weights(backbone, trainable, cfg, out)
-        final["flops_per_step"] = flops_per_step or 0.0
+        final["flops_per_step"] = flops_per_step
         (out / "metrics.json").write_text(json.dumps(final, indent=2))
         (out / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         write_model_card(out, cfg, manifest, final)
         writer.close()
         history.close()
     accelerator.end_training()
-    return final
+    for net in trainable.values():
+        net.eval()
+    return TrainResult(metrics=final, pipeline=backbone.pipe)
 
 
 def save_weights(backbone: Backbone, trainable: Nets, cfg: TrainConfig, out: Path) -> None:
@@ -411,6 +441,9 @@ def save_weights(backbone: Backbone, trainable: Nets, cfg: TrainConfig, out: Pat
         return
     kwargs = {}
     for name, net in trainable.items():
-        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(net))
+        layers = get_peft_model_state_dict(net)
+        # The UNet loader expects diffusers' key names; other modules load peft's through load_lora_adapter,
+        # which does not translate diffusers' old attention names (to_q.lora.down) back.
+        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(layers) if name == "unet" else layers
         kwargs[f"{name}_lora_adapter_metadata"] = net.peft_config["default"].to_dict()
     backbone.pipeline_class.save_lora_weights(str(out), **kwargs)

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainer.backbones import BACKBONES
+from trainer.config import TrainConfig
+from trainer.train import train
+
+
+def config(dataset: Path, model: Path, out: Path, backbone: str, **overrides) -> TrainConfig:
+    settings = dict(
+        dataset=str(dataset),
+        model=str(model),
+        output_dir=str(out),
+        backbone=backbone,
+        resolution=32,
+        batch_size=2,
+        max_steps=3,
+        log_every=1,
+        learning_rate=1e-3,
+        lora_rank=4,
+        progress=False,
+        val_repeats=1,
+        beta=5000.0 if backbone == "upscaler" else 0.05,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def read_history(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def lq_image() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+
+
+def run_pipeline(pipe) -> np.ndarray:
+    generator = torch.Generator().manual_seed(0)
+    if hasattr(pipe, "low_res_scheduler"):
+        out = pipe(
+            prompt="a photo", image=lq_image(), num_inference_steps=2, generator=generator, output_type="np"
+        )
+    else:
+        out = pipe(lq_image(), prompt="a photo", output_type="np")
+    return out.images
+
+
+@pytest.mark.parametrize("backbone", ["upscaler", "onestep"])
+@pytest.mark.parametrize("loss", ["dspo", "dpo", "sft"])
+def test_each_backbone_trains_with_each_loss(tiny_models, dataset, tmp_path, backbone, loss) -> None:
+    out = tmp_path / "out"
+    result = train(config(dataset, tiny_models[backbone], out, backbone, loss=loss))
+    history = read_history(out)
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert all(np.isfinite(h["loss"]) for h in history)
+    assert result.metrics["skipped_steps"] == 0
+    if loss != "sft":
+        # Before the first update the model is the reference: logits are exactly 0.
+        assert history[0]["reward_margin"] == 0.0
+        assert {"accuracy", "model_err_w", "model_err_l", "ref_err_w", "ref_err_l"} <= history[0].keys()
+        assert history[-1]["reward_margin"] != 0.0
+    assert "val_accuracy" in result.metrics
+    assert (out / "pytorch_lora_weights.safetensors").exists()
+    card = (out / "README.md").read_text()
+    assert "synthetic" in card and json.loads((out / "metrics.json").read_text())["flops_per_step"] > 0
+    assert any((out / "logs").iterdir())
+
+
+@pytest.mark.parametrize("backbone", ["upscaler", "onestep"])
+def test_saved_lora_reloads_into_a_fresh_pipeline(tiny_models, dataset, tmp_path, backbone) -> None:
+    out = tmp_path / "out"
+    extra = {"lora_vae_encoder": True} if backbone == "onestep" else {}
+    result = train(config(dataset, tiny_models[backbone], out, backbone, **extra))
+    trained = run_pipeline(result.pipeline)
+    pipe_class = BACKBONES[backbone].pipeline_class
+    base = pipe_class.from_pretrained(tiny_models[backbone])
+    before = run_pipeline(base)
+    base.load_lora_weights(out)
+    after = run_pipeline(base)
+    assert np.abs(trained - before).max() > 1e-4, "training changed nothing: the test would prove nothing"
+    np.testing.assert_array_equal(after, trained)
+    if backbone == "onestep":
+        assert any("lora" in n for n, _ in base.vae.encoder.named_parameters())
+
+
+@pytest.mark.parametrize("lora_rank", [4, 0])
+def test_resume_continues_exactly(tiny_models, dataset, tmp_path, lora_rank) -> None:
+    full = tmp_path / "full"
+    settings = dict(max_steps=6, checkpoint_every=3, gradient_accumulation_steps=2, lora_rank=lora_rank)
+    train(config(dataset, tiny_models["upscaler"], full, "upscaler", **settings))
+    uninterrupted = read_history(full)
+
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-3", resumed / "checkpoints" / "step-3")
+    train(config(dataset, tiny_models["upscaler"], resumed, "upscaler", resume="latest", **settings))
+    after = read_history(resumed)
+    assert [h["step"] for h in after] == [4, 5, 6]
+    for key in ("loss", "model_err_w", "model_err_l", "reward_margin"):
+        assert [h[key] for h in after] == [h[key] for h in uninterrupted[3:]], key
+
+
+def test_non_finite_steps_are_skipped_and_counted(tiny_models, dataset, tmp_path, monkeypatch) -> None:
+    import trainer.train as train_module
+
+    real = train_module.training_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        calls.append(1)
+        # Call 1 is the FLOP-counting pass, call 2 trains step 1: poison step 2.
+        return (loss * float("nan"), metrics) if len(calls) == 3 else (loss, metrics)
+
+    monkeypatch.setattr(train_module, "training_loss", poisoned)
+    result = train(config(dataset, tiny_models["upscaler"], tmp_path / "out", "upscaler"))
+    history = read_history(tmp_path / "out")
+    assert result.metrics["skipped_steps"] == 1
+    assert [h["skipped_steps"] for h in history] == [0, 1, 1]
+    assert all(np.isfinite(p.detach()).all() for p in result.pipeline.unet.parameters())
+
+
+def test_settings_are_checked(tiny_models, dataset, tmp_path) -> None:
+    with pytest.raises(ValueError, match="loss must be one of"):
+        config(dataset, tiny_models["upscaler"], tmp_path, "upscaler", loss="kto")
+    with pytest.raises(ValueError, match="multiples of"):
+        train(config(dataset, tiny_models["upscaler"], tmp_path, "upscaler", resolution=36))
