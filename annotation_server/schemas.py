@@ -52,11 +52,15 @@ class ProjectCreate(BaseModel):
     min_area_fraction: float = Field(default=0.005, ge=0, lt=1)
     contested_threshold: float | None = Field(default=None, ge=0)
     image_level_tasks: bool = True
+    require_content: bool = Field(default=False, description="every answer must say what the region shows")
+    require_defect: bool = Field(default=False, description="every pick must say what is wrong in the worst")
 
 
 class ProjectUpdate(BaseModel):
     instructions: str | None = None
     overlap: int | None = Field(default=None, ge=1, le=20)
+    require_content: bool | None = None
+    require_defect: bool | None = None
 
 
 class ProjectOut(ORMModel):
@@ -73,6 +77,8 @@ class ProjectOut(ORMModel):
     min_area_fraction: float
     contested_threshold: float | None
     image_level_tasks: bool
+    require_content: bool
+    require_defect: bool
     created_at: datetime
 
 
@@ -143,6 +149,12 @@ class VoteIn(BaseModel):
     client_submission_id: str = Field(
         min_length=1, max_length=64, description="unique per answer; a retry with the same id is safe"
     )
+    replaces_submission_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="undo: this answer replaces the one sent with that client_submission_id (within 10 "
+        "minutes); the replaced answer is kept in the history",
+    )
 
 
 class SkipIn(BaseModel):
@@ -161,6 +173,14 @@ class VoteOut(ORMModel):
     lead_time_ms: int | None
     client_submission_id: str
     created_at: datetime
+
+
+class ProgressOut(BaseModel):
+    done_today: int = Field(description="your answers and skips since `since`")
+    done_total: int = Field(description="your answers and skips in this project")
+    left_for_you: int = Field(description="open tasks of the project that you have not answered or skipped")
+    votes_left: int = Field(description="answers the project still needs from everyone")
+    ms_per_task: float | None = Field(description="your mean time per task since `since`")
 
 
 class AnnotatorCount(BaseModel):

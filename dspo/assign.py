@@ -17,10 +17,13 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from dspo.errors import Conflict, InvalidInput, NotFound
-from dspo.models import Candidate, Lease, Task, Vote
+from dspo.models import Candidate, Lease, Project, Task, Vote, VoteRevision
 
 COUNTED_OUTCOMES = ("pick", "tie", "all_bad")
 OUTCOMES = (*COUNTED_OUTCOMES, "skip")
+# How long after an answer its annotator may still replace it (undo). Longer than the page offers
+# undo for, so that a replacement that waited in the browser during a short outage still goes in.
+REPLACE_GRACE = timedelta(minutes=10)
 
 
 @dataclass
@@ -56,22 +59,37 @@ def reclaim_expired_leases(session: Session, now: datetime) -> int:
 
 
 def next_task(
-    session: Session, *, project_id: int, user_id: int, now: datetime, lease_seconds: int
+    session: Session, *, project_id: int, user_id: int, now: datetime, lease_seconds: int, position: int = 0
 ) -> tuple[Task, Lease] | None:
-    """The task this annotator holds a live lease on, else a new lease on the first open task with a
-    free slot that they have neither answered nor skipped; None when there is none."""
+    """The annotator's live leases in this project form a queue, oldest first; return the one at
+    `position`, leasing new tasks (the first open ones with a free slot that they have neither
+    answered, skipped nor leased) until the queue is that long; None when there are not enough.
+
+    Position 0 is the task to show now (the same one until it is answered); position 1 lets the web
+    page lease and preload the task after it, so that the next task appears without a round trip."""
     held = session.execute(
         select(Task, Lease)
         .join(Lease, Lease.task_id == Task.id)
         .where(Lease.user_id == user_id, Task.project_id == project_id, Lease.expires_at >= now)
         .order_by(Lease.id)
-        .limit(1)
-    ).first()
-    if held is not None:
-        task, lease = held
+        .limit(position + 1)
+    ).all()
+    if len(held) > position:
+        task, lease = held[position]
         return task, lease
 
     reclaim_expired_leases(session, now)
+    picked = None
+    for _ in range(position + 1 - len(held)):
+        picked = _lease_new(session, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds)
+        if picked is None:
+            return None
+    return picked
+
+
+def _lease_new(
+    session: Session, *, project_id: int, user_id: int, now: datetime, seconds: int
+) -> tuple[Task, Lease] | None:
     answered = exists().where(Vote.task_id == Task.id, Vote.user_id == user_id)
     leased = exists().where(Lease.task_id == Task.id, Lease.user_id == user_id)
     stmt = (
@@ -91,7 +109,7 @@ def next_task(
     task = session.scalars(stmt).first()
     if task is None:
         return None
-    lease = Lease(task_id=task.id, user_id=user_id, expires_at=now + timedelta(seconds=lease_seconds))
+    lease = Lease(task_id=task.id, user_id=user_id, expires_at=now + timedelta(seconds=seconds))
     session.add(lease)
     session.execute(update(Task).where(Task.id == task.id).values(slots_taken=Task.slots_taken + 1))
     session.flush()
@@ -155,6 +173,16 @@ def _validate(data: VoteInput, candidates: list[int]) -> None:
         raise InvalidInput(f"a {data.outcome!r} answer names no best or worst candidate")
 
 
+def _check_texts(session: Session, task: Task, data: VoteInput) -> None:
+    """The project's text requirements: content for every answer, defect for a pick (it has a worst)."""
+    project = session.get(Project, task.project_id)
+    assert project is not None
+    if project.require_content and data.outcome in COUNTED_OUTCOMES and not data.content_text.strip():
+        raise InvalidInput("this project needs content_text: say what the region really shows")
+    if project.require_defect and data.outcome == "pick" and not data.defect_text.strip():
+        raise InvalidInput("this project needs defect_text: say what is wrong in the worst candidate")
+
+
 def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput, now: datetime) -> Vote:
     """Record an answer (or a skip). Idempotent by client_submission_id; a different second answer by
     the same annotator on the same task is a Conflict."""
@@ -166,6 +194,7 @@ def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput
         raise NotFound(f"task {task_id} does not exist")
     candidates = candidate_ids(session, task.source_id)
     _validate(data, candidates)
+    _check_texts(session, task, data)
     earlier = session.scalars(select(Vote).where(Vote.task_id == task_id, Vote.user_id == user_id)).first()
     if earlier is not None:
         raise Conflict(f"you already answered task {task_id} (vote {earlier.id}, {earlier.outcome})")
@@ -203,6 +232,72 @@ def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput
             task.state = "complete"
     session.flush()
     return vote
+
+
+def replace_vote(
+    session: Session,
+    *,
+    task_id: int,
+    user_id: int,
+    replaces_submission_id: str,
+    data: VoteInput,
+    now: datetime,
+    grace: timedelta = REPLACE_GRACE,
+) -> Vote:
+    """Undo: replace the answer recorded under `replaces_submission_id` by a new one (any outcome, a
+    skip included). The vote row keeps its id and takes the new answer; the old one goes to
+    vote_revisions. Slots follow the outcome: a counted answer that becomes a skip frees its slot, and
+    a skip that becomes an answer needs a free one. Idempotent by the new client_submission_id. If
+    nothing was recorded under the old id (it failed), the new answer is recorded as a plain vote."""
+    replay = find_replay(session, task_id=task_id, user_id=user_id, data=data)
+    if replay is not None:
+        return replay
+    stmt = select(Vote).where(Vote.user_id == user_id, Vote.client_submission_id == replaces_submission_id)
+    if session.scalars(stmt).first() is None:
+        return submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=now)
+    task = _lock_task(session, task_id)
+    # Read again under the task lock: a concurrent replacement of the same vote has finished by now.
+    old = session.scalars(stmt.execution_options(populate_existing=True)).first()
+    if old is None or old.task_id != task_id:
+        raise Conflict(f"submission {replaces_submission_id!r} is not your current answer to task {task_id}")
+    if now - old.created_at > grace:
+        raise Conflict(f"vote {old.id} is older than {grace.total_seconds():.0f} s: too late to undo it")
+    _validate(data, candidate_ids(session, task.source_id))
+    _check_texts(session, task, data)
+
+    was_counted = old.outcome in COUNTED_OUTCOMES
+    counted = data.outcome in COUNTED_OUTCOMES
+    if counted and not was_counted:
+        if task.slots_taken >= task.required_votes:
+            raise Conflict(f"task {task_id} was filled by others after you skipped it; your skip stays")
+        task.slots_taken += 1
+        task.vote_count += 1
+    elif was_counted and not counted:
+        task.slots_taken -= 1
+        task.vote_count -= 1
+    task.state = "complete" if task.vote_count >= task.required_votes else "open"
+
+    session.add(
+        VoteRevision(
+            vote_id=old.id,
+            outcome=old.outcome,
+            best_candidate_id=old.best_candidate_id,
+            worst_candidate_id=old.worst_candidate_id,
+            content_text=old.content_text,
+            defect_text=old.defect_text,
+            lead_time_ms=old.lead_time_ms,
+            client_submission_id=old.client_submission_id,
+            created_at=old.created_at,
+            replaced_at=now,
+        )
+    )
+    for name in ("outcome", "best_candidate_id", "worst_candidate_id", "content_text", "defect_text"):
+        setattr(old, name, getattr(data, name))
+    old.lead_time_ms = data.lead_time_ms
+    old.client_submission_id = data.client_submission_id
+    old.created_at = now
+    session.flush()
+    return old
 
 
 def release_task(session: Session, *, task_id: int, user_id: int) -> bool:

@@ -99,6 +99,9 @@ class Project(Base):
     min_area_fraction: Mapped[float] = mapped_column(Float, default=0.005)
     contested_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     image_level_tasks: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Whether a vote must say what the region shows (content) / what is wrong in the worst (defect).
+    require_content: Mapped[bool] = mapped_column(Boolean, default=False)
+    require_defect: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -216,6 +219,26 @@ class Vote(Base):
     lead_time_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     client_submission_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class VoteRevision(Base):
+    """An answer that its annotator replaced (undo within the grace period): the vote row keeps its id
+    and holds the new answer, this row keeps the old one. `votes` therefore only ever holds current
+    answers, and whoever reads it needs to know nothing about undo."""
+
+    __tablename__ = "vote_revisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    vote_id: Mapped[int] = mapped_column(ForeignKey("votes.id", ondelete="CASCADE"), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    best_candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"), nullable=True)
+    worst_candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"), nullable=True)
+    content_text: Mapped[str] = mapped_column(Text, default="")
+    defect_text: Mapped[str] = mapped_column(Text, default="")
+    lead_time_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    client_submission_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    replaced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Job(Base):

@@ -1,11 +1,14 @@
-from fastapi import APIRouter, HTTPException, Response, status
-from sqlalchemy import select
+from datetime import UTC, datetime, time
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from annotation_server.deps import CurrentUser, RuntimeDep, SessionDep
 from annotation_server.routes.projects import get_project
-from annotation_server.schemas import CandidateView, SkipIn, TaskOut, VoteIn, VoteOut
+from annotation_server.schemas import CandidateView, ProgressOut, SkipIn, TaskOut, VoteIn, VoteOut
 from dspo import assign
 from dspo.db import utcnow
 from dspo.errors import DspoError
@@ -50,10 +53,15 @@ def task_view(session: Session, task: Task, lease: Lease, user: User) -> TaskOut
     responses={204: {"description": "nothing left for you in this project"}},
 )
 def next_task(
-    project_id: int, user: CurrentUser, session: SessionDep, runtime: RuntimeDep
+    project_id: int,
+    user: CurrentUser,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    position: Annotated[int, Query(ge=0, le=1)] = 0,
 ) -> TaskOut | Response:
     """Lease the next task that needs votes and that you have neither answered nor skipped. While you
-    hold a lease you get the same task again."""
+    hold a lease you get the same task again. position=1 gives (and leases) the task after that one,
+    so that a client can preload it."""
     get_project(session, project_id)
     picked = assign.next_task(
         session,
@@ -61,6 +69,7 @@ def next_task(
         user_id=user.id,
         now=utcnow(),
         lease_seconds=runtime.settings.lease_seconds,
+        position=position,
     )
     if picked is None:
         session.commit()
@@ -71,14 +80,31 @@ def next_task(
     return view
 
 
-def _submit(session: Session, task_id: int, user: User, data: assign.VoteInput, response: Response) -> Vote:
+def _submit(
+    session: Session,
+    task_id: int,
+    user: User,
+    data: assign.VoteInput,
+    response: Response,
+    replaces: str | None = None,
+) -> Vote:
     try:
         replay = assign.find_replay(session, task_id=task_id, user_id=user.id, data=data)
         if replay is not None:
             response.status_code = status.HTTP_200_OK
             return replay
         try:
-            vote = assign.submit_vote(session, task_id=task_id, user_id=user.id, data=data, now=utcnow())
+            if replaces:
+                vote = assign.replace_vote(
+                    session,
+                    task_id=task_id,
+                    user_id=user.id,
+                    replaces_submission_id=replaces,
+                    data=data,
+                    now=utcnow(),
+                )
+            else:
+                vote = assign.submit_vote(session, task_id=task_id, user_id=user.id, data=data, now=utcnow())
             session.commit()
             return vote
         except IntegrityError:
@@ -98,9 +124,11 @@ def _submit(session: Session, task_id: int, user: User, data: assign.VoteInput, 
 
 @router.post("/tasks/{task_id}/vote", response_model=VoteOut, status_code=status.HTTP_201_CREATED)
 def vote(task_id: int, body: VoteIn, user: CurrentUser, session: SessionDep, response: Response) -> Vote:
-    """Answer a task: best and worst (pick), tie, or all_bad. 201 when recorded, 200 when this
-    client_submission_id was recorded before (a safe retry), 409 for a different second answer."""
-    return _submit(session, task_id, user, assign.VoteInput(**body.model_dump()), response)
+    """Answer a task: best and worst (pick), tie, all_bad or skip. 201 when recorded, 200 when this
+    client_submission_id was recorded before (a safe retry), 409 for a different second answer. With
+    replaces_submission_id it replaces your earlier answer (undo), which stays in the history."""
+    data = assign.VoteInput(**body.model_dump(exclude={"replaces_submission_id"}))
+    return _submit(session, task_id, user, data, response, body.replaces_submission_id)
 
 
 @router.post("/tasks/{task_id}/skip", response_model=VoteOut, status_code=status.HTTP_201_CREATED)
@@ -129,3 +157,40 @@ def task_votes(task_id: int, user: CurrentUser, session: SessionDep) -> list[Vot
     if user.role != "admin":
         stmt = stmt.where(Vote.user_id == user.id)
     return list(session.scalars(stmt))
+
+
+@router.get("/projects/{project_id}/progress", response_model=ProgressOut)
+def progress(
+    project_id: int,
+    user: CurrentUser,
+    session: SessionDep,
+    since: Annotated[datetime | None, Query(description="start of 'today' (default: UTC midnight)")] = None,
+) -> ProgressOut:
+    """Your progress in a project, for the annotation page."""
+    get_project(session, project_id)
+    now = utcnow()
+    if since is None:
+        since = datetime.combine(now.date(), time(), tzinfo=UTC)
+    elif since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    mine = (Vote.user_id == user.id, Vote.task_id == Task.id, Task.project_id == project_id)
+    done_total = session.scalar(select(func.count()).select_from(Vote).where(*mine)) or 0
+    done_today, mean_ms = session.execute(
+        select(func.count(), func.avg(Vote.lead_time_ms)).where(*mine, Vote.created_at >= since)
+    ).one()
+    answered = exists().where(Vote.task_id == Task.id, Vote.user_id == user.id)
+    left_for_you = session.scalar(
+        select(func.count()).where(Task.project_id == project_id, Task.state == "open", ~answered)
+    )
+    votes_left = session.scalar(
+        select(func.coalesce(func.sum(Task.required_votes - Task.vote_count), 0)).where(
+            Task.project_id == project_id, Task.state == "open"
+        )
+    )
+    return ProgressOut(
+        done_today=done_today,
+        done_total=done_total,
+        left_for_you=left_for_you or 0,
+        votes_left=votes_left or 0,
+        ms_per_task=float(mean_ms) if mean_ms is not None else None,
+    )
