@@ -102,6 +102,14 @@ class Project(Base):
     # Whether a vote must say what the region shows (content) / what is wrong in the worst (defect).
     require_content: Mapped[bool] = mapped_column(Boolean, default=False)
     require_defect: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Scheduled retraining: build a dataset and queue training once this many accepted votes arrived
+    # since the last dataset (None: off), at most once per interval; train_settings go to `dspo train`.
+    retrain_min_votes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retrain_interval_minutes: Mapped[int] = mapped_column(Integer, default=60)
+    train_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The tuned model that generates the next round's candidates (a model_versions id; no foreign key,
+    # which would make a cycle with model_versions.project_id).
+    model_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -260,3 +268,50 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Dataset(Base):
+    """A dataset version: built by a job from the project's votes up to `max_vote_id`, immutable once
+    published. `request_key` names what was asked for, so a repeated request finds this row."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        UniqueConstraint("project_id", "request_key", name="uq_datasets_project_request_key"),
+        UniqueConstraint("project_id", "version", name="uq_datasets_project_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    request_key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued|building|published|failed
+    max_vote_id: Mapped[int] = mapped_column(BigInteger)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    counts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    files: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # name -> size, sha256
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ModelVersion(Base):
+    """A trained LoRA and the dataset it came from; a project can generate its candidates with it."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
+    )
+    backbone: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str] = mapped_column(String(1000))
+    lora_path: Mapped[str] = mapped_column(String(1000))
+    lora_sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,314 @@
+"""Votes → preference pairs (SPEC §1.6): plurality winner and loser per task, drops counted by reason.
+
+The counting happens in the database (GROUP BY and window functions, the same SQL on SQLite and
+PostgreSQL); Python only sees one row per task, never one per vote.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy.orm import Session, aliased
+
+from dspo.models import Candidate, Instance, Project, Source, Task, User, Vote
+
+# Why a task gave no record; every task with votes ends up as a record or under one of these.
+DROP_REASONS = (
+    "too_few_votes",  # fewer answers than required (k)
+    "tie",  # "no visible difference" was as frequent as a pick, or more
+    "all_bad",  # "all bad" was as frequent as a pick, or more
+    "no_plurality",  # two candidates share the most best (or worst) choices
+    "winner_is_loser",  # the plurality best is also the plurality worst
+    "low_agreement",  # the winner's or the loser's share of the votes is under min_agreement
+)
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    min_votes: int | None = None  # None: each task's own k (required_votes)
+    min_agreement: float = 0.5  # minimum share of the votes that chose the winner, and the loser
+    image_level: bool = True  # also make records from image-level tasks
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One aggregated preference: what the dataset writer needs to make a record."""
+
+    task_id: int
+    source_id: int
+    instance_id: int | None
+    lq: str
+    winner: str
+    loser: str
+    winner_candidate_id: int
+    loser_candidate_id: int
+    size: tuple[int, int]  # SR width, height
+    box: tuple[int, int, int, int]
+    mask: str | None  # None: the whole image (image-level record)
+    weight: float
+    prompt: str
+    content_text: str
+    defect_text: str
+    votes: int
+    best_share: float
+    worst_share: float
+
+
+@dataclass
+class Aggregate:
+    pairs: list[Pair]
+    drops: Counter[str] = field(default_factory=Counter)
+    tasks: int = 0  # tasks that had at least one answer
+
+
+def _answers(project_id: int, max_vote_id: int) -> Select[Any]:
+    """The answers (not skips) of a project up to the snapshot's last vote id."""
+    return (
+        select(Vote.task_id, Vote.outcome, Vote.best_candidate_id, Vote.worst_candidate_id)
+        .join(Task, Task.id == Vote.task_id)
+        .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome != "skip")
+    )
+
+
+def _plurality(column: Any, project_id: int, max_vote_id: int) -> Any:
+    """Per task: the most chosen candidate, its count and the runner-up's count (0 if none)."""
+    counts = (
+        select(Vote.task_id, column.label("candidate_id"), func.count().label("n"))
+        .join(Task, Task.id == Vote.task_id)
+        .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome == "pick")
+        .group_by(Vote.task_id, column)
+        .subquery()
+    )
+    order = (counts.c.n.desc(), counts.c.candidate_id)
+    ranked = select(
+        counts.c.task_id,
+        counts.c.candidate_id,
+        counts.c.n,
+        func.row_number().over(partition_by=counts.c.task_id, order_by=order).label("rank"),
+        func.lead(counts.c.n, 1, 0).over(partition_by=counts.c.task_id, order_by=order).label("second"),
+    ).subquery()
+    return select(ranked).where(ranked.c.rank == 1).subquery()
+
+
+def _texts(
+    session: Session, project_id: int, max_vote_id: int, column: Any, *, by_worst: bool
+) -> dict[tuple[int, int | None], list[tuple[str, int]]]:
+    """(task, worst candidate or None) → [(text, count)], counted case- and space-insensitively."""
+    key = func.lower(func.trim(column))
+    groups = [Vote.task_id, *([Vote.worst_candidate_id] if by_worst else []), key]
+    rows = session.execute(
+        select(*groups, func.min(func.trim(column)), func.count())
+        .join(Task, Task.id == Vote.task_id)
+        .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome != "skip", key != "")
+        .group_by(*groups)
+    )
+    found: dict[tuple[int, int | None], list[tuple[str, int]]] = defaultdict(list)
+    for row in rows:
+        found[(row[0], row[1] if by_worst else None)].append((row[-2], row[-1]))
+    return found
+
+
+def _join_texts(counts: list[tuple[str, int]]) -> str:
+    """Deduplicated (by the GROUP BY above), most frequent first, then alphabetical."""
+    return "; ".join(text for text, _ in sorted(counts, key=lambda tn: (-tn[1], tn[0].lower())))
+
+
+def newest_vote_id(session: Session, project_id: int) -> int:
+    """The id of the project's newest vote (0 when it has none): a dataset's snapshot boundary."""
+    stmt = select(func.max(Vote.id)).join(Task, Task.id == Vote.task_id).where(Task.project_id == project_id)
+    return session.scalar(stmt) or 0
+
+
+def aggregate(
+    session: Session, project_id: int, max_vote_id: int, settings: AggregationSettings
+) -> Aggregate:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise LookupError(f"project {project_id} does not exist")
+    answers = _answers(project_id, max_vote_id).subquery()
+    totals = (
+        select(
+            answers.c.task_id,
+            func.count().label("n"),
+            func.sum(case((answers.c.outcome == "pick", 1), else_=0)).label("picks"),
+            func.sum(case((answers.c.outcome == "tie", 1), else_=0)).label("ties"),
+            func.sum(case((answers.c.outcome == "all_bad", 1), else_=0)).label("bad"),
+        )
+        .group_by(answers.c.task_id)
+        .subquery()
+    )
+    best = _plurality(Vote.best_candidate_id, project_id, max_vote_id)
+    worst = _plurality(Vote.worst_candidate_id, project_id, max_vote_id)
+    win, lose = aliased(Candidate), aliased(Candidate)
+    rows = session.execute(
+        select(
+            totals,
+            Task.source_id,
+            Task.instance_id,
+            Task.required_votes,
+            best.c.candidate_id.label("best_id"),
+            best.c.n.label("best_n"),
+            best.c.second.label("best_second"),
+            worst.c.candidate_id.label("worst_id"),
+            worst.c.n.label("worst_n"),
+            worst.c.second.label("worst_second"),
+            Source.lq_sha256,
+            Source.prompt,
+            win.sha256.label("win_sha"),
+            win.width,
+            win.height,
+            lose.sha256.label("lose_sha"),
+            Instance.mask_sha256,
+            Instance.x0,
+            Instance.y0,
+            Instance.x1,
+            Instance.y1,
+            Instance.weight,
+        )
+        .join(Task, Task.id == totals.c.task_id)
+        .join(Source, Source.id == Task.source_id)
+        .outerjoin(best, best.c.task_id == totals.c.task_id)
+        .outerjoin(worst, worst.c.task_id == totals.c.task_id)
+        .outerjoin(win, win.id == best.c.candidate_id)
+        .outerjoin(lose, lose.id == worst.c.candidate_id)
+        .outerjoin(Instance, Instance.id == Task.instance_id)
+        .order_by(totals.c.task_id)
+    ).all()
+
+    result = Aggregate(pairs=[], tasks=len(rows))
+    kept = []
+    for row in rows:
+        if row.instance_id is None and not settings.image_level:
+            continue
+        reason = _drop_reason(row, settings)
+        if reason is not None:
+            result.drops[reason] += 1
+        else:
+            kept.append(row)
+
+    content = _texts(session, project_id, max_vote_id, Vote.content_text, by_worst=False)
+    defect = _texts(session, project_id, max_vote_id, Vote.defect_text, by_worst=True)
+    # w_m is renormalised over the instances of a source that became records (SPEC §2).
+    source_weight: Counter[int] = Counter()
+    for row in kept:
+        if row.instance_id is not None:
+            source_weight[row.source_id] += row.weight
+    for row in kept:
+        image_level = row.instance_id is None
+        result.pairs.append(
+            Pair(
+                task_id=row.task_id,
+                source_id=row.source_id,
+                instance_id=row.instance_id,
+                lq=row.lq_sha256,
+                winner=row.win_sha,
+                loser=row.lose_sha,
+                winner_candidate_id=row.best_id,
+                loser_candidate_id=row.worst_id,
+                size=(row.width, row.height),
+                box=(0, 0, row.width, row.height) if image_level else (row.x0, row.y0, row.x1, row.y1),
+                mask=None if image_level else row.mask_sha256,
+                weight=1.0 if image_level else row.weight / source_weight[row.source_id],
+                prompt=row.prompt,
+                content_text=_join_texts(content.get((row.task_id, None), [])),
+                # Only the texts of voters who chose the loser as worst describe the loser's defect.
+                defect_text=_join_texts(defect.get((row.task_id, row.worst_id), [])),
+                votes=row.n,
+                best_share=row.best_n / row.n,
+                worst_share=row.worst_n / row.n,
+            )
+        )
+    return result
+
+
+def _drop_reason(row: Any, settings: AggregationSettings) -> str | None:
+    if row.n < (settings.min_votes or row.required_votes):
+        return "too_few_votes"
+    if row.picks <= row.ties or row.picks <= row.bad:
+        return "tie" if row.ties >= row.bad else "all_bad"
+    if row.best_n == row.best_second or row.worst_n == row.worst_second:
+        return "no_plurality"
+    if row.best_id == row.worst_id:
+        return "winner_is_loser"
+    if min(row.best_n, row.worst_n) / row.n < settings.min_agreement:
+        return "low_agreement"
+    return None
+
+
+def krippendorff_alpha(counts: dict[int, Counter[int]]) -> float | None:
+    """Nominal Krippendorff's alpha from per-unit value counts; units with one value are not pairable.
+    None when there is nothing to compare or no expected disagreement."""
+    units = [list(c.values()) for c in counts.values() if sum(c.values()) >= 2]
+    totals: Counter[int] = Counter()
+    for c in counts.values():
+        if sum(c.values()) >= 2:
+            totals.update(c)
+    n = sum(totals.values())
+    expected = n * n - sum(v * v for v in totals.values())
+    if n < 2 or expected == 0:
+        return None
+    observed = sum((sum(u) ** 2 - sum(v * v for v in u)) / (sum(u) - 1) for u in units)
+    return 1.0 - (n - 1) * observed / expected
+
+
+def agreement(session: Session, project_id: int, up_to_vote_id: int | None = None) -> dict[str, Any]:
+    """Alpha over the best and over the worst choices (values: the candidate's position, the same
+    categories in every task), and each annotator's agreement with the plurality consensus. The
+    consensus includes the annotator's own vote; tasks without a unique plurality are left out."""
+    max_vote_id = up_to_vote_id if up_to_vote_id is not None else newest_vote_id(session, project_id)
+    result: dict[str, Any] = {"project_id": project_id, "max_vote_id": max_vote_id}
+    for name, column in (("best", Vote.best_candidate_id), ("worst", Vote.worst_candidate_id)):
+        rows = session.execute(
+            select(Vote.task_id, Candidate.position, func.count())
+            .join(Task, Task.id == Vote.task_id)
+            .join(Candidate, Candidate.id == column)
+            .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome == "pick")
+            .group_by(Vote.task_id, Candidate.position)
+        )
+        counts: dict[int, Counter[int]] = defaultdict(Counter)
+        for task_id, position, n in rows:
+            counts[task_id][position] = n
+        result[f"alpha_{name}"] = krippendorff_alpha(counts)
+
+    best = _plurality(Vote.best_candidate_id, project_id, max_vote_id)
+    worst = _plurality(Vote.worst_candidate_id, project_id, max_vote_id)
+
+    def agrees(top: Any, column: Any) -> Any:
+        return func.sum(case((and_(top.c.n > top.c.second, column == top.c.candidate_id), 1), else_=0))
+
+    def compared(top: Any) -> Any:
+        return func.sum(case((top.c.n > top.c.second, 1), else_=0))
+
+    per_user = session.execute(
+        select(
+            User.id,
+            User.username,
+            func.count(),
+            compared(best),
+            agrees(best, Vote.best_candidate_id),
+            compared(worst),
+            agrees(worst, Vote.worst_candidate_id),
+        )
+        .select_from(Vote)
+        .join(Task, Task.id == Vote.task_id)
+        .join(User, User.id == Vote.user_id)
+        .join(best, best.c.task_id == Vote.task_id)
+        .join(worst, worst.c.task_id == Vote.task_id)
+        .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome == "pick")
+        .group_by(User.id, User.username)
+        .order_by(User.id)
+    )
+    result["annotators"] = [
+        {
+            "user_id": user_id,
+            "username": username,
+            "picks": picks,
+            "best_agreement": best_ok / best_n if best_n else None,
+            "worst_agreement": worst_ok / worst_n if worst_n else None,
+        }
+        for user_id, username, picks, best_n, best_ok, worst_n, worst_ok in per_user
+    ]
+    return result
