@@ -212,6 +212,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.backbone == "upscaler"
         else {"lora_vae_encoder": cfg.lora_vae_encoder}
     )
+    if cfg.lora_vae_encoder and accelerator.num_processes > 1:
+        # The one-step generator calls vae.encode, which a DDP wrapper does not expose.
+        raise ValueError("lora_vae_encoder runs on one process only")
     backbone = load_backbone(cfg.backbone, cfg.model, dtype=dtype, **extra).to(device)
     for scale in {r.scale for r in train_set.records + val_set.records}:
         backbone.check_scale(scale)
