@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from annotation_server.routes import auth, images, jobs, projects, tasks, users
+from annotation_server.routes import auth, datasets, images, jobs, projects, tasks, users
 from dspo import jobs as job_layer
 from dspo.runtime import Runtime
 
@@ -34,7 +34,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     api = APIRouter(prefix="/api/v1")
-    for module in (auth, users, projects, jobs, tasks, images):
+    for module in (auth, users, projects, jobs, tasks, images, datasets):
         api.include_router(module.router)
     app.include_router(api)
 

@@ -1,0 +1,227 @@
+"""Exports of a native dataset (SPEC §2) for other trainers: Pick-a-Pic style parquet (the diffusers
+Diffusion-DPO example), TRL style parquet (prompt, chosen, rejected) and WebDataset shards.
+
+Every export is a pure function of the native folder: the same dataset gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dspo.dataset_format import SPLITS, Record, image_path, read_records
+
+EXPORTS = ("pickapic", "trl", "webdataset")
+# datasets.load_dataset(folder) infers split names from file names: "validation", not "val".
+SPLIT_FILES = {"train": "train", "val": "validation"}
+BATCH = 256  # rows per parquet row group: bounds memory, since the images are in the rows
+
+
+def caption(record: Record) -> str:
+    """The text condition: the prompt with the instance's content description appended (SPEC §5)."""
+    return ", ".join(t for t in (record.prompt, record.content_text) if t)
+
+
+def _swap(record: Record) -> bool:
+    # Pick-a-Pic stores the preferred image in either column; a fixed side would teach a position bias.
+    return hashlib.sha256(record.record_id.encode()).digest()[0] & 1 == 1
+
+
+def _image_reader(root: Path) -> Callable[[str], bytes]:
+    cache: dict[str, bytes] = {}
+
+    def read(sha: str) -> bytes:
+        # LQ and candidates repeat across the instances of a source; keep the newest few in memory.
+        if sha not in cache:
+            if len(cache) > 64:
+                cache.clear()
+            cache[sha] = image_path(root, sha).read_bytes()
+        return cache[sha]
+
+    return read
+
+
+def _metadata(record: Record) -> dict[str, object]:
+    return {
+        "record_id": record.record_id,
+        "source_id": record.source_id,
+        "instance_id": record.instance_id,
+        "box": list(record.box),
+        "weight": record.weight,
+        "prompt": record.prompt,
+        "content_text": record.content_text,
+        "defect_text": record.defect_text,
+        "winner_candidate_id": record.winner_candidate_id,
+        "loser_candidate_id": record.loser_candidate_id,
+        "scale": record.scale,
+        "votes": record.votes,
+        "best_share": record.best_share,
+        "worst_share": record.worst_share,
+    }
+
+
+PICKAPIC_SCHEMA = pa.schema(
+    [
+        ("caption", pa.string()),
+        ("jpg_0", pa.binary()),
+        ("jpg_1", pa.binary()),
+        ("label_0", pa.float64()),
+        ("label_1", pa.float64()),
+        ("lq", pa.binary()),
+        ("mask", pa.binary()),
+        ("record_id", pa.string()),
+        ("source_id", pa.string()),
+        ("instance_id", pa.string()),
+        ("box", pa.list_(pa.int32(), 4)),
+        ("weight", pa.float64()),
+        ("prompt", pa.string()),
+        ("content_text", pa.string()),
+        ("defect_text", pa.string()),
+        ("votes", pa.int32()),
+        ("best_share", pa.float64()),
+        ("worst_share", pa.float64()),
+    ]
+)
+
+TRL_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("chosen", pa.binary()),
+        ("rejected", pa.binary()),
+        ("lq", pa.binary()),
+        ("mask", pa.binary()),
+        ("record_id", pa.string()),
+        ("box", pa.list_(pa.int32(), 4)),
+        ("weight", pa.float64()),
+        ("content_text", pa.string()),
+        ("defect_text", pa.string()),
+    ]
+)
+
+
+def _pickapic_row(record: Record, read: Callable[[str], bytes]) -> dict[str, object]:
+    # "jpg" is Pick-a-Pic's column name; the bytes are PNG (lossless), which PIL opens all the same.
+    first, second = (record.loser, record.winner) if _swap(record) else (record.winner, record.loser)
+    label_0 = 0.0 if _swap(record) else 1.0
+    meta = _metadata(record)
+    return {
+        "caption": caption(record),
+        "jpg_0": read(first),
+        "jpg_1": read(second),
+        "label_0": label_0,
+        "label_1": 1.0 - label_0,
+        "lq": read(record.lq),
+        "mask": read(record.mask),
+        **{name: meta[name] for name in PICKAPIC_SCHEMA.names if name in meta},
+    }
+
+
+def _trl_row(record: Record, read: Callable[[str], bytes]) -> dict[str, object]:
+    return {
+        "prompt": caption(record),
+        "chosen": read(record.winner),
+        "rejected": read(record.loser),
+        "lq": read(record.lq),
+        "mask": read(record.mask),
+        "record_id": record.record_id,
+        "box": list(record.box),
+        "weight": record.weight,
+        "content_text": record.content_text,
+        "defect_text": record.defect_text,
+    }
+
+
+def _batches(records: list[Record], size: int) -> Iterator[list[Record]]:
+    for start in range(0, len(records), size):
+        yield records[start : start + size]
+
+
+def _write_parquet(
+    root: Path,
+    out: Path,
+    schema: pa.Schema,
+    row: Callable[[Record, Callable[[str], bytes]], dict[str, object]],
+) -> list[Path]:
+    """One parquet file per split that has records, named as datasets.load_dataset expects."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_records(root)
+    read = _image_reader(root)
+    written = []
+    for split in SPLITS:
+        chosen = [r for r in records if r.split == split]
+        if not chosen:
+            continue
+        path = out / f"{SPLIT_FILES[split]}.parquet"
+        with pq.ParquetWriter(path, schema) as writer:
+            for batch in _batches(chosen, BATCH):
+                writer.write_table(pa.Table.from_pylist([row(r, read) for r in batch], schema=schema))
+        written.append(path)
+    return written
+
+
+def export_pickapic(root: str | Path, out: str | Path) -> list[Path]:
+    """`caption, jpg_0, jpg_1, label_0, label_1` as the Diffusion-DPO example reads them, plus the LQ
+    image, the mask, the weight and the texts."""
+    return _write_parquet(Path(root), Path(out), PICKAPIC_SCHEMA, _pickapic_row)
+
+
+def export_trl(root: str | Path, out: str | Path) -> list[Path]:
+    """`prompt, chosen, rejected` (images as PNG bytes), plus the LQ image, the mask and the weight."""
+    return _write_parquet(Path(root), Path(out), TRL_SCHEMA, _trl_row)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed metadata, so the same dataset gives byte-identical shards.
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def export_webdataset(root: str | Path, out: str | Path, shard_size: int = 1000) -> list[Path]:
+    """Shards `{split}-{n:06d}.tar` of `{key}.lq.png, .chosen.png, .rejected.png, .mask.png, .json`."""
+    root, out = Path(root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_records(root)
+    read = _image_reader(root)
+    written = []
+    for split in SPLITS:
+        chosen = [r for r in records if r.split == split]
+        for number, batch in enumerate(_batches(chosen, shard_size)):
+            path = out / f"{SPLIT_FILES[split]}-{number:06d}.tar"
+            with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for record in batch:
+                    # WebDataset splits the key from the extension at the first dot of the file name.
+                    key = record.record_id.replace(".", "_")
+                    for part, sha in (
+                        ("lq", record.lq),
+                        ("chosen", record.winner),
+                        ("rejected", record.loser),
+                        ("mask", record.mask),
+                    ):
+                        _add(tar, f"{key}.{part}.png", read(sha))
+                    _add(tar, f"{key}.json", json.dumps(_metadata(record), sort_keys=True).encode())
+            written.append(path)
+    return written
+
+
+EXPORTERS: dict[str, Callable[[str | Path, str | Path], list[Path]]] = {
+    "pickapic": export_pickapic,
+    "trl": export_trl,
+    "webdataset": export_webdataset,
+}
+
+
+def tar_folder(folder: str | Path, out: str | Path, arcname: str) -> Path:
+    """A deterministic tar of a folder (sorted names, fixed metadata): same content, same sha256."""
+    folder, out = Path(folder), Path(out)
+    with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            _add(tar, f"{arcname}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+    return out

@@ -1,0 +1,155 @@
+"""Votes → dataset over REST, in-process jobs, on SQLite and PostgreSQL: build, duplicate requests,
+download with Range and sha256, the records view, and a read-back of the native folder by the
+trainer's reader and of each export by the library that consumes it."""
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dspo.dataset_format import read_records, verify_dataset
+from dspo.datasets import split_of
+from dspo.runtime import Runtime
+from tests.datasets.helpers import make_project, users, vote_all
+
+
+def wait_job(client: TestClient, admin: dict[str, str], job_id: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/v1/jobs/{job_id}", headers=admin).json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def download(client: TestClient, admin: dict[str, str], dataset_id: int, name: str) -> bytes:
+    response = client.get(f"/api/v1/datasets/{dataset_id}/files/{name}", headers=admin)
+    assert response.status_code == 200, response.text
+    assert hashlib.sha256(response.content).hexdigest() == response.headers["x-checksum-sha256"]
+    return response.content
+
+
+@pytest.fixture
+def built(runtime: Runtime, client: TestClient, admin: dict[str, str], tmp_path: Path) -> dict:
+    project_id = make_project(runtime, n_sources=4)
+    vote_all(runtime, project_id, users(runtime, ["a1", "a2", "a3"]))
+    body = {"val_fraction": 0.5, "seed": 3, "shard_size": 4}
+    first = client.post(f"/api/v1/projects/{project_id}/datasets", json=body, headers=admin)
+    assert first.status_code == 202, first.text
+    # The same request again, before and after the build, names the same dataset and the same job.
+    again = client.post(f"/api/v1/projects/{project_id}/datasets", json=body, headers=admin)
+    assert again.status_code == 200 and again.json()["dataset"]["id"] == first.json()["dataset"]["id"]
+    assert again.json()["job_id"] == first.json()["job_id"]
+    job = wait_job(client, admin, first.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    after = client.post(f"/api/v1/projects/{project_id}/datasets", json=body, headers=admin)
+    assert after.status_code == 200 and after.json()["dataset"]["id"] == first.json()["dataset"]["id"]
+    listed = client.get(f"/api/v1/projects/{project_id}/datasets", headers=admin).json()
+    assert len(listed) == 1 and listed[0]["state"] == "published" and listed[0]["version"] == 1
+    return listed[0]
+
+
+def test_build_download_and_read_back(
+    runtime: Runtime, client: TestClient, admin: dict[str, str], built: dict, tmp_path: Path
+) -> None:
+    dataset_id, files = built["id"], built["files"]
+    assert set(files) >= {"dataset.tar", "pickapic/train.parquet", "trl/train.parquet"}
+    assert any(name.startswith("webdataset/train-") for name in files)
+    counts = built["counts"]
+    assert counts["records"] == counts["tasks_with_answers"] == 16 and counts["drops"] == {}
+    assert counts["votes"] == 48 and counts["sources"] == 4
+
+    # Native: the tar unpacks to a folder that verifies and that the trainer reads.
+    data = download(client, admin, dataset_id, "dataset.tar")
+    assert hashlib.sha256(data).hexdigest() == files["dataset.tar"]["sha256"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(tmp_path / "native", filter="data")
+    root = tmp_path / "native" / f"dataset-{dataset_id}"
+    manifest = verify_dataset(root)
+    assert manifest["digest"] == built["digest"]
+    assert manifest["vote_snapshot"]["votes"] == 48 and manifest["counts"]["records"] == 16
+    votes = pq.read_table(root / manifest["vote_snapshot"]["file"])
+    assert votes.num_rows == 48 and set(votes["outcome"].to_pylist()) == {"pick"}
+    records = read_records(root)
+    for record in records:
+        assert record.split == split_of(int(record.source_id), 3, 0.5)  # by source, seeded
+        assert record.votes == 3 and record.best_share == 1.0
+    assert {r.split for r in records} == {"train", "val"}
+    by_source: dict[str, float] = {}
+    for record in records:
+        if record.instance_id is not None:
+            by_source[record.source_id] = by_source.get(record.source_id, 0) + record.weight
+    assert all(abs(total - 1) < 1e-9 for total in by_source.values())
+
+    from trainer.data import PreferenceDataset
+
+    train = PreferenceDataset(root, "train", sizes=(64,))
+    item = train[(0, 0, 0)]
+    assert item["winner"].shape == (3, 64, 64) and item["lq"].shape == (3, 16, 16)
+    assert item["text"].startswith("photo ")
+
+    # Range requests: a slice of the same bytes, with 206 and Content-Range.
+    part = client.get(
+        f"/api/v1/datasets/{dataset_id}/files/dataset.tar", headers={**admin, "Range": "bytes=100-199"}
+    )
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+
+    winners = {r.record_id: (root / "images" / f"{r.winner}.png").read_bytes() for r in records}
+    losers = {r.record_id: (root / "images" / f"{r.loser}.png").read_bytes() for r in records}
+
+    # Pick-a-Pic: the preferred image is in jpg_0 when label_0 is 1, in jpg_1 otherwise.
+    pickapic = pa.concat_tables(
+        pq.read_table(io.BytesIO(download(client, admin, dataset_id, f"pickapic/{split}.parquet")))
+        for split in ("train", "validation")
+    )
+    assert {"caption", "jpg_0", "jpg_1", "label_0", "label_1", "lq", "mask", "weight"} <= set(
+        pickapic.column_names
+    )
+    labels = set()
+    for row in pickapic.to_pylist():
+        pair = (row["jpg_0"], row["jpg_1"])
+        preferred, other = pair if row["label_0"] == 1 else pair[::-1]
+        assert preferred == winners[row["record_id"]] and other == losers[row["record_id"]]
+        assert row["label_0"] + row["label_1"] == 1 and row["caption"].startswith("photo ")
+        assert Image.open(io.BytesIO(row["mask"])).mode == "1"
+        labels.add(row["label_0"])
+    assert labels == {0.0, 1.0}  # the preferred side varies (by a hash of the record id)
+    assert pickapic.num_rows == len(records)
+
+    trl = pq.read_table(io.BytesIO(download(client, admin, dataset_id, "trl/validation.parquet")))
+    assert trl.num_rows == sum(r.split == "val" for r in records)
+    for row in trl.to_pylist():
+        assert row["chosen"] == winners[row["record_id"]] and row["rejected"] == losers[row["record_id"]]
+
+    import webdataset as wds
+
+    shards = sorted(name for name in files if name.startswith("webdataset/"))
+    for name in shards:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(download(client, admin, dataset_id, name))
+    samples = list(wds.WebDataset([str(tmp_path / n) for n in shards], shardshuffle=False))
+    assert len(samples) == len(records)
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        assert sample["chosen.png"] == winners[meta["record_id"]]
+        assert sample["rejected.png"] == losers[meta["record_id"]]
+        assert Image.open(io.BytesIO(sample["lq.png"])).size == (24, 16)
+
+    page = client.get(f"/api/v1/datasets/{dataset_id}/records?offset=2&limit=5", headers=admin).json()
+    assert page["total"] == 16 and [r["record_id"] for r in page["records"]] == [
+        r.record_id for r in records[2:7]
+    ]
+    val = client.get(f"/api/v1/datasets/{dataset_id}/records?split=val", headers=admin).json()
+    assert val["total"] == sum(r.split == "val" for r in records)
+    missing = client.get(f"/api/v1/datasets/{dataset_id}/files/../../etc/passwd", headers=admin)
+    assert missing.status_code == 404

@@ -1,0 +1,13 @@
+"""Jobs that turn votes into datasets (and, from scheduled retraining, into model versions).
+
+Registered in pyproject.toml under the entry-point group ``dspo.jobs``."""
+
+from typing import Any
+
+from dspo.datasets import build
+from dspo.jobs import JobContext
+
+
+def dataset_build(ctx: JobContext) -> dict[str, Any]:
+    """Aggregate the votes a dataset names, write and verify it in staging, publish it atomically."""
+    return build(ctx.runtime, ctx.payload["dataset_id"], ctx.job_id, ctx.progress)
