@@ -1,0 +1,1 @@
+"""Benchmarks. Run them as modules, e.g. ``python -m bench.api --help``."""
