@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from annotation_server import web
 from annotation_server.routes import auth, datasets, images, jobs, projects, tasks, users
 from dspo import jobs as job_layer
 from dspo.runtime import Runtime
@@ -37,6 +38,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     for module in (auth, users, projects, jobs, tasks, images, datasets):
         api.include_router(module.router)
     app.include_router(api)
+    web.install(app)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -57,11 +57,11 @@ def next_task(
     user: CurrentUser,
     session: SessionDep,
     runtime: RuntimeDep,
-    position: Annotated[int, Query(ge=0, le=1)] = 0,
+    position: Annotated[int, Query(ge=0, le=2)] = 0,
 ) -> TaskOut | Response:
     """Lease the next task that needs votes and that you have neither answered nor skipped. While you
-    hold a lease you get the same task again. position=1 gives (and leases) the task after that one,
-    so that a client can preload it."""
+    hold a lease you get the same task again. position=1 (2) gives, and leases, the task after that
+    one (and the one after it), so that a client can preload them."""
     get_project(session, project_id)
     picked = assign.next_task(
         session,

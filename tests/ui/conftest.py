@@ -1,0 +1,191 @@
+"""Browser tests: a real server (uvicorn in a thread, SQLite, in-process jobs) and Debian's Chromium
+driven by Playwright. Without Chromium or Playwright they skip with the reason, except on CI
+(CI=true), where they fail: `bash scripts/test.sh` installs both."""
+
+import io
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+from sqlalchemy import select
+
+from annotation_server.main import create_app
+from dspo.cli import ensure_user
+from dspo.jobs import shutdown_executor
+from dspo.migrate import upgrade
+from dspo.models import Task, Vote
+from dspo.runtime import Runtime
+from dspo.settings import Settings
+from tests.conftest import ON_CI
+from tests.helpers import login, png_bytes, wait_for_jobs
+
+CHROMIUM = os.environ.get("DSPO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+def missing(what: str) -> None:
+    message = f"{what}; `bash scripts/test.sh` installs it"
+    if ON_CI:
+        pytest.fail(f"{message}. On CI the browser tests must run.")
+    pytest.skip(message)
+
+
+def photo_png(width: int, height: int) -> bytes:
+    """A real photograph (scikit-image's cat), so that screenshots look like real work."""
+    from skimage import data
+
+    image = Image.fromarray(data.chelsea()).resize((width, height), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Site:
+    url: str
+    runtime: Runtime
+    http: httpx.Client
+    admin: dict[str, str]
+
+    def make_project(self, name: str, *, images: list[bytes] | None = None, **fields: Any) -> int:
+        body = {"name": name, "n_candidates": 3, "overlap": 1, "min_area_fraction": 0.05, **fields}
+        response = self.http.post("/api/v1/projects", json=body, headers=self.admin)
+        assert response.status_code == 201, response.text
+        project_id = response.json()["id"]
+        for i, data in enumerate(images or [png_bytes(48, 32, 0)]):
+            upload = self.http.post(
+                f"/api/v1/projects/{project_id}/uploads",
+                files={"file": (f"img{i}.png", data, "image/png")},
+                headers=self.admin,
+            )
+            assert upload.status_code == 201, upload.text
+        jobs = wait_for_jobs(self.http, self.admin, project_id)
+        assert all(job["state"] == "succeeded" for job in jobs), jobs
+        return project_id
+
+    def tasks(self, project_id: int) -> list[Task]:
+        with self.runtime.sessions() as session:
+            return list(session.scalars(select(Task).where(Task.project_id == project_id).order_by(Task.id)))
+
+    def votes(self, project_id: int, username: str | None = None) -> list[Vote]:
+        from dspo.models import User
+
+        with self.runtime.sessions() as session:
+            stmt = select(Vote).join(Task, Task.id == Vote.task_id).where(Task.project_id == project_id)
+            if username:
+                stmt = stmt.join(User, User.id == Vote.user_id).where(User.username == username)
+            return list(session.scalars(stmt.order_by(Vote.id)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("ui")
+    settings = Settings(
+        database_url=f"sqlite:///{root / 'dspo.db'}",
+        storage_root=root / "blobs",
+        broker_url="",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    upgrade(settings.database_url)
+    runtime = Runtime.from_settings(settings)
+    ensure_user(runtime, "root", "admin", "root-password")
+    ensure_user(runtime, "alice", "annotator", "alice-password")
+    ensure_user(runtime, "bob", "annotator", "bob-password")
+    port = _free_port()
+    config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=30) as http:
+        yield Site(url, runtime, http, login(http, "root", "root-password"))
+    server.should_exit = True
+    thread.join(timeout=10)
+    shutdown_executor(runtime)
+    runtime.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("Playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        missing(f"Chromium is not at {CHROMIUM} (Debian: apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_page(browser: Any, site: Site) -> Iterator[Any]:
+    """A factory of pages, each in a fresh browser context (its own cookies and localStorage)."""
+    contexts = []
+
+    def make(username: str | None = None, password: str | None = None) -> Any:
+        context = browser.new_context(viewport=VIEWPORT, base_url=site.url)
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        if username:
+            log_in(page, username, password or f"{username}-password")
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def log_in(page: Any, username: str, password: str, next_path: str = "/") -> None:
+    page.goto(f"/login?next={next_path}")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.press("input[name=password]", "Enter")
+    page.wait_for_url(lambda url: "/login" not in url)
+
+
+def shown_task(page: Any, previous: str | None = None) -> str:
+    """Wait until the page has fully drawn a task other than `previous`; return its id (or the name
+    of the message shown instead: 'done'); 'waiting' (for the server) is a passing state."""
+    page.wait_for_function(
+        "previous => { const s = document.getElementById('workspace').dataset.shownTask;"
+        " return s && s !== previous && s !== 'waiting'; }",
+        arg=previous or "",
+    )
+    return page.get_attribute("#workspace", "data-shown-task")
+
+
+def screenshot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name))
