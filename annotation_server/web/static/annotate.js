@@ -151,7 +151,7 @@
     box.hidden = n === 0;
     if (n === 0) return;
     const reason = state.blocked
-      ? `${state.blocked} — log in again in another tab; they are kept here`
+      ? `${state.blocked} — log in again, then reload this page; they are kept here`
       : `${why || "sending"}; retrying`;
     box.textContent = `${n} answer${n === 1 ? "" : "s"} saved in this browser, not yet sent (${reason}).`;
   }
@@ -466,7 +466,6 @@
     const next = state.upcoming.shift();
     if (next) return show(next);
     // Nothing preloaded: ask once every answer is in, so the server does not hand back this task.
-    state.mode = "waiting";
     showMessage("Loading the next task…", "", "waiting");
     flush();
   }
