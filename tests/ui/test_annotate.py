@@ -162,6 +162,27 @@ def test_flicker_and_slider_compare(site: Site, new_page: Any) -> None:
     assert page.is_visible("#grid")
 
 
+def test_reference_upscaling_and_mask_outline_switch(site: Site, new_page: Any) -> None:
+    project_id = site.make_project("switches", image_level_tasks=False)
+    page = new_page("alice")
+    page.goto(f"/projects/{project_id}/annotate")
+    shown_task(page)
+    reference = ".pane.reference img"
+    assert page.get_attribute(reference, "src").endswith("?method=bicubic")
+    page.keyboard.press("b")
+    assert page.get_attribute(reference, "src").endswith("?method=nearest")
+    assert page.inner_text(".pane.reference .label") == "LQ reference (nearest)"
+    assert page.get_attribute(reference, "alt") == "Low-quality reference, upscaled nearest"
+    page.keyboard.press("m")
+    sources = page.eval_on_selector_all(
+        ".pane[data-index] img", "imgs => imgs.map(i => i.getAttribute('src'))"
+    )
+    assert len(sources) == 3 and all(src.endswith("?outline=false") for src in sources)
+    assert not page.is_checked("#outline")
+    page.keyboard.press("m")
+    assert page.is_checked("#outline")
+
+
 def test_undo_replaces_the_last_answer_and_keeps_the_history(site: Site, new_page: Any) -> None:
     project_id = site.make_project("undo")
     page = new_page("alice")
