@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from annotation_server import web
-from annotation_server.routes import auth, datasets, images, jobs, projects, tasks, users
+from annotation_server.routes import auth, datasets, images, jobs, models, projects, tasks, users
 from dspo import jobs as job_layer
 from dspo.runtime import Runtime
 
@@ -35,7 +35,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     api = APIRouter(prefix="/api/v1")
-    for module in (auth, users, projects, jobs, tasks, images, datasets):
+    for module in (auth, users, projects, jobs, tasks, images, datasets, models):
         api.include_router(module.router)
     app.include_router(api)
     web.install(app)

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import Integer, Select, and_, case, cast, func, literal_column, null, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from dspo.models import Candidate, Instance, Project, Source, Task, User, Vote
@@ -64,33 +64,64 @@ class Aggregate:
     tasks: int = 0  # tasks that had at least one answer
 
 
-def _answers(project_id: int, max_vote_id: int) -> Select[Any]:
-    """The answers (not skips) of a project up to the snapshot's last vote id."""
+def _per_task(project_id: int, max_vote_id: int) -> Any:
+    """One row per answered task: answer counts by outcome, and the plurality best and worst with
+    their counts and the runner-up's count (0 if none).
+
+    Counts per (task, kind, candidate) come from one UNION ALL of GROUP BYs, are ranked with a window
+    function, and are folded back to one row per task by a GROUP BY: the result is a single derived
+    table, so no two derived tables are ever joined (SQLite would scan one for every row of the other).
+    """
+    in_snapshot = (Task.project_id == project_id, Vote.id <= max_vote_id)
+
+    def counts(kind: Any, candidate: Any, group: Any, *where: Any) -> Select[Any]:
+        return (
+            select(Vote.task_id, kind.label("kind"), candidate.label("candidate_id"), func.count().label("n"))
+            .join(Task, Task.id == Vote.task_id)
+            .where(*in_snapshot, *where)
+            .group_by(Vote.task_id, group)
+        )
+
+    picked = Vote.outcome == "pick"
+    best, worst = Vote.best_candidate_id, Vote.worst_candidate_id
+    union = union_all(
+        counts(literal_column("'best'"), best, best, picked),
+        counts(literal_column("'worst'"), worst, worst, picked),
+        counts(Vote.outcome, cast(null(), Integer), Vote.outcome, Vote.outcome != "skip"),
+    ).subquery()
+    ranked = select(
+        union,
+        func.row_number()
+        .over(partition_by=(union.c.task_id, union.c.kind), order_by=(union.c.n.desc(), union.c.candidate_id))
+        .label("rank"),
+    ).subquery()
+
+    def pick(kind: str, rank: int, column: Any) -> Any:
+        return func.max(case((and_(ranked.c.kind == kind, ranked.c.rank == rank), column)))
+
+    def total(*kinds: str) -> Any:
+        # PostgreSQL sums integers to NUMERIC: cast back, so Python sees ints on every backend.
+        return cast(
+            func.coalesce(func.sum(case((ranked.c.kind.in_(kinds), ranked.c.n), else_=0)), 0), Integer
+        )
+
     return (
-        select(Vote.task_id, Vote.outcome, Vote.best_candidate_id, Vote.worst_candidate_id)
-        .join(Task, Task.id == Vote.task_id)
-        .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome != "skip")
-    )
-
-
-def _plurality(column: Any, project_id: int, max_vote_id: int) -> Any:
-    """Per task: the most chosen candidate, its count and the runner-up's count (0 if none)."""
-    counts = (
-        select(Vote.task_id, column.label("candidate_id"), func.count().label("n"))
-        .join(Task, Task.id == Vote.task_id)
-        .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome == "pick")
-        .group_by(Vote.task_id, column)
+        select(
+            ranked.c.task_id,
+            total("pick", "tie", "all_bad").label("n"),
+            total("pick").label("picks"),
+            total("tie").label("ties"),
+            total("all_bad").label("bad"),
+            pick("best", 1, ranked.c.candidate_id).label("best_id"),
+            pick("best", 1, ranked.c.n).label("best_n"),
+            func.coalesce(pick("best", 2, ranked.c.n), 0).label("best_second"),
+            pick("worst", 1, ranked.c.candidate_id).label("worst_id"),
+            pick("worst", 1, ranked.c.n).label("worst_n"),
+            func.coalesce(pick("worst", 2, ranked.c.n), 0).label("worst_second"),
+        )
+        .group_by(ranked.c.task_id)
         .subquery()
     )
-    order = (counts.c.n.desc(), counts.c.candidate_id)
-    ranked = select(
-        counts.c.task_id,
-        counts.c.candidate_id,
-        counts.c.n,
-        func.row_number().over(partition_by=counts.c.task_id, order_by=order).label("rank"),
-        func.lead(counts.c.n, 1, 0).over(partition_by=counts.c.task_id, order_by=order).label("second"),
-    ).subquery()
-    return select(ranked).where(ranked.c.rank == 1).subquery()
 
 
 def _texts(
@@ -128,33 +159,14 @@ def aggregate(
     project = session.get(Project, project_id)
     if project is None:
         raise LookupError(f"project {project_id} does not exist")
-    answers = _answers(project_id, max_vote_id).subquery()
-    totals = (
-        select(
-            answers.c.task_id,
-            func.count().label("n"),
-            func.sum(case((answers.c.outcome == "pick", 1), else_=0)).label("picks"),
-            func.sum(case((answers.c.outcome == "tie", 1), else_=0)).label("ties"),
-            func.sum(case((answers.c.outcome == "all_bad", 1), else_=0)).label("bad"),
-        )
-        .group_by(answers.c.task_id)
-        .subquery()
-    )
-    best = _plurality(Vote.best_candidate_id, project_id, max_vote_id)
-    worst = _plurality(Vote.worst_candidate_id, project_id, max_vote_id)
+    per_task = _per_task(project_id, max_vote_id)
     win, lose = aliased(Candidate), aliased(Candidate)
     rows = session.execute(
         select(
-            totals,
+            per_task,
             Task.source_id,
             Task.instance_id,
             Task.required_votes,
-            best.c.candidate_id.label("best_id"),
-            best.c.n.label("best_n"),
-            best.c.second.label("best_second"),
-            worst.c.candidate_id.label("worst_id"),
-            worst.c.n.label("worst_n"),
-            worst.c.second.label("worst_second"),
             Source.lq_sha256,
             Source.prompt,
             win.sha256.label("win_sha"),
@@ -168,14 +180,12 @@ def aggregate(
             Instance.y1,
             Instance.weight,
         )
-        .join(Task, Task.id == totals.c.task_id)
+        .join(Task, Task.id == per_task.c.task_id)
         .join(Source, Source.id == Task.source_id)
-        .outerjoin(best, best.c.task_id == totals.c.task_id)
-        .outerjoin(worst, worst.c.task_id == totals.c.task_id)
-        .outerjoin(win, win.id == best.c.candidate_id)
-        .outerjoin(lose, lose.id == worst.c.candidate_id)
+        .outerjoin(win, win.id == per_task.c.best_id)
+        .outerjoin(lose, lose.id == per_task.c.worst_id)
         .outerjoin(Instance, Instance.id == Task.instance_id)
-        .order_by(totals.c.task_id)
+        .order_by(per_task.c.task_id)
     ).all()
 
     result = Aggregate(pairs=[], tasks=len(rows))
@@ -273,31 +283,30 @@ def agreement(session: Session, project_id: int, up_to_vote_id: int | None = Non
             counts[task_id][position] = n
         result[f"alpha_{name}"] = krippendorff_alpha(counts)
 
-    best = _plurality(Vote.best_candidate_id, project_id, max_vote_id)
-    worst = _plurality(Vote.worst_candidate_id, project_id, max_vote_id)
+    per_task = _per_task(project_id, max_vote_id)
 
-    def agrees(top: Any, column: Any) -> Any:
-        return func.sum(case((and_(top.c.n > top.c.second, column == top.c.candidate_id), 1), else_=0))
+    def agrees(kind: str, column: Any) -> Any:
+        unique = getattr(per_task.c, f"{kind}_n") > getattr(per_task.c, f"{kind}_second")
+        return func.sum(case((and_(unique, column == getattr(per_task.c, f"{kind}_id")), 1), else_=0))
 
-    def compared(top: Any) -> Any:
-        return func.sum(case((top.c.n > top.c.second, 1), else_=0))
+    def compared(kind: str) -> Any:
+        unique = getattr(per_task.c, f"{kind}_n") > getattr(per_task.c, f"{kind}_second")
+        return func.sum(case((unique, 1), else_=0))
 
     per_user = session.execute(
         select(
             User.id,
             User.username,
             func.count(),
-            compared(best),
-            agrees(best, Vote.best_candidate_id),
-            compared(worst),
-            agrees(worst, Vote.worst_candidate_id),
+            compared("best"),
+            agrees("best", Vote.best_candidate_id),
+            compared("worst"),
+            agrees("worst", Vote.worst_candidate_id),
         )
-        .select_from(Vote)
-        .join(Task, Task.id == Vote.task_id)
+        .select_from(per_task)
+        .join(Vote, Vote.task_id == per_task.c.task_id)
         .join(User, User.id == Vote.user_id)
-        .join(best, best.c.task_id == Vote.task_id)
-        .join(worst, worst.c.task_id == Vote.task_id)
-        .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome == "pick")
+        .where(Vote.id <= max_vote_id, Vote.outcome == "pick")
         .group_by(User.id, User.username)
         .order_by(User.id)
     )

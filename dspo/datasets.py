@@ -81,9 +81,17 @@ def dataset_dir(runtime: Runtime, dataset: Dataset) -> Path:
 
 
 def request_dataset(
-    runtime: Runtime, project_id: int, settings: BuildSettings, *, up_to_vote_id: int | None = None
+    runtime: Runtime,
+    project_id: int,
+    settings: BuildSettings,
+    *,
+    up_to_vote_id: int | None = None,
+    dispatch: bool = True,
+    retrain: bool = False,
 ) -> tuple[int, int, bool]:
-    """Find or create the dataset for (project, newest vote, settings) and make sure a job builds it.
+    """Find or create the dataset for (project, newest vote, settings) and make sure a job builds it
+    (dispatch=False leaves the job queued, for a caller that runs `build` itself); retrain=True asks
+    scheduled retraining to train a model on it once it is published.
 
     Returns (dataset id, job id, created). The dataset row and its job are written in one transaction,
     and the unique request key makes a concurrent duplicate fail and find the first one instead."""
@@ -104,14 +112,14 @@ def request_dataset(
                 ).first()
                 created = found is None
                 if found is None:
-                    found = _create(session, project_id, key, cutoff, settings)
+                    found = _create(session, project_id, key, cutoff, settings, retrain)
                     job_id = found.job_id
                 else:
                     job_id = _retry_if_failed(session, found)
                 dataset_id = found.id
         except IntegrityError:
             continue  # a concurrent request took this key or version number: look again
-        if job_id is not None:
+        if job_id is not None and dispatch:
             jobs.dispatch(runtime, job_id)
         with runtime.sessions() as session:
             row = session.get(Dataset, dataset_id)
@@ -127,7 +135,9 @@ def _new_job(session: Session, project_id: int, dataset_id: int) -> Job:
     return job
 
 
-def _create(session: Session, project_id: int, key: str, cutoff: int, settings: BuildSettings) -> Dataset:
+def _create(
+    session: Session, project_id: int, key: str, cutoff: int, settings: BuildSettings, retrain: bool
+) -> Dataset:
     latest = session.scalar(
         select(Dataset.version).where(Dataset.project_id == project_id).order_by(Dataset.version.desc())
     )
@@ -137,6 +147,7 @@ def _create(session: Session, project_id: int, key: str, cutoff: int, settings: 
         request_key=key,
         max_vote_id=cutoff,
         settings=settings.to_dict(),
+        retrain=retrain,
     )
     session.add(dataset)
     session.flush()

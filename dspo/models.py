@@ -292,6 +292,9 @@ class Dataset(Base):
     digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Scheduled retraining: a model is trained on this dataset once it is published (by train_job_id).
+    retrain: Mapped[bool] = mapped_column(Boolean, default=False)
+    train_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

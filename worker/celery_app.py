@@ -1,12 +1,14 @@
 """The Celery worker: `dspo worker` runs it. Each Celery task runs one job row through dspo.jobs."""
 
 import logging
+import os
 from functools import cache
 
 from celery import Celery
 from celery.signals import worker_process_init
 
 from dspo import jobs
+from dspo.retrain import retrain_tick
 from dspo.runtime import Runtime
 from dspo.settings import get_settings
 
@@ -27,6 +29,14 @@ def make_celery() -> Celery:
         broker_connection_retry_on_startup=True,
     )
     app.task(name=jobs.CELERY_TASK_NAME)(run_job)
+    # Scheduled retraining: `dspo beat` sends this tick; each project's K and interval decide the rest.
+    app.task(name=RETRAIN_TASK_NAME)(run_retrain_tick)
+    app.conf.beat_schedule = {
+        "retrain": {
+            "task": RETRAIN_TASK_NAME,
+            "schedule": float(os.environ.get("DSPO_RETRAIN_TICK_SECONDS", "60")),
+        }
+    }
     return app
 
 
@@ -43,3 +53,10 @@ def _fresh_runtime_per_process(**_: object) -> None:
 
 def run_job(job_id: int) -> str:
     return jobs.run_job(runtime(), job_id)
+
+
+RETRAIN_TASK_NAME = "dspo.retrain_tick"
+
+
+def run_retrain_tick() -> dict[str, list[int]]:
+    return retrain_tick(runtime())

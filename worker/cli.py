@@ -1,4 +1,5 @@
-"""`dspo worker`: a Celery worker that runs the pipeline jobs (needs DSPO_BROKER_URL)."""
+"""`dspo worker`: a Celery worker that runs the jobs; `dspo beat`: the retraining schedule (both need
+DSPO_BROKER_URL). GPU workers consume the `gpu` queue: `dspo worker --queues gpu`."""
 
 import argparse
 
@@ -12,6 +13,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_beat(args: argparse.Namespace) -> int:
+    from worker.celery_app import make_celery
+
+    make_celery().start(["beat", f"--loglevel={args.loglevel}", f"--schedule={args.schedule}"])
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("worker", help="run a Celery worker for the jobs (production mode)")
     parser.add_argument("--concurrency", type=int, default=2)
@@ -19,3 +27,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     parser.add_argument("--loglevel", default="INFO")
     parser.set_defaults(func=cmd_worker)
+
+    beat = commands.add_parser("beat", help="run Celery beat: the scheduled retraining tick (one per site)")
+    beat.add_argument("--schedule", default="var/celerybeat-schedule", help="beat's state file")
+    beat.add_argument("--loglevel", default="INFO")
+    beat.set_defaults(func=cmd_beat)

@@ -6,8 +6,14 @@ from typing import Any
 
 from dspo.datasets import build
 from dspo.jobs import JobContext
+from dspo.training import train
 
 
 def dataset_build(ctx: JobContext) -> dict[str, Any]:
     """Aggregate the votes a dataset names, write and verify it in staging, publish it atomically."""
     return build(ctx.runtime, ctx.payload["dataset_id"], ctx.job_id, ctx.progress)
+
+
+def train_model(ctx: JobContext) -> dict[str, Any]:
+    """Run `dspo train` on a published dataset (on a GPU worker) and register the LoRA it writes."""
+    return train(ctx.runtime, ctx.payload["dataset_id"], ctx.job_id, ctx.progress)

@@ -36,6 +36,8 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(length=64), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("job_id", sa.Integer(), nullable=True),
+        sa.Column("retrain", sa.Boolean(), nullable=False),
+        sa.Column("train_job_id", sa.Integer(), nullable=True),
         sa.Column("created_at", dspo.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("published_at", dspo.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(

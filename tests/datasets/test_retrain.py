@@ -1,0 +1,66 @@
+"""Scheduled retraining: the tick builds exactly one dataset once K new accepted votes arrived, and
+queues exactly one training job (gpu queue) once that dataset is published."""
+
+import time
+
+from sqlalchemy import select
+
+from dspo.db import session_scope
+from dspo.models import Dataset, Job, Project
+from dspo.retrain import GPU_QUEUE, TRAIN_JOB, retrain_tick
+from dspo.runtime import Runtime
+from tests.datasets.helpers import make_project, tasks, users, vote, wait_jobs
+from worker.celery_app import RETRAIN_TASK_NAME
+
+
+def _jobs(runtime: Runtime, kind: str) -> list[Job]:
+    with runtime.sessions() as session:
+        return list(session.scalars(select(Job).where(Job.kind == kind)))
+
+
+def test_tick_builds_once_then_queues_training_once(runtime: Runtime, tmp_path) -> None:
+    project_id = make_project(runtime, n_sources=1)
+    with session_scope(runtime.sessions) as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        # K = 7; the model folder does not exist, so the training job fails, with the trainer's message.
+        project.retrain_min_votes = 7
+        project.train_settings = {"model": str(tmp_path / "no-model"), "args": {"max_steps": 1}}
+    u = users(runtime, ["a1", "a2", "a3"])
+    found = tasks(runtime, project_id)
+    for task in found[:2]:
+        for user_id in u:
+            vote(runtime, task, user_id)
+    vote(runtime, found[2], u[0], outcome="skip")  # skips are not accepted votes
+    assert retrain_tick(runtime) == {"datasets": [], "training_jobs": []}  # 6 of 7
+
+    vote(runtime, found[2], u[1])
+    first = retrain_tick(runtime)
+    assert len(first["datasets"]) == 1 and first["training_jobs"] == []
+    assert retrain_tick(runtime)["datasets"] == []  # while it builds, and after: no new votes
+    wait_jobs(runtime, project_id)
+    assert retrain_tick(runtime)["datasets"] == []
+    with runtime.sessions() as session:
+        [dataset] = session.scalars(select(Dataset)).all()
+        assert dataset.state == "published" and dataset.retrain and dataset.train_job_id is not None
+    assert len(_jobs(runtime, "dataset_build")) == 1
+    assert retrain_tick(runtime) == {"datasets": [], "training_jobs": []}
+    [train] = _jobs(runtime, TRAIN_JOB)
+    assert train.id == dataset.train_job_id and train.payload == {"dataset_id": dataset.id}
+    deadline = time.monotonic() + 60
+    while (train := _jobs(runtime, TRAIN_JOB)[0]).state not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert train.state == "failed" and "no-model does not exist on this worker" in (train.error or "")
+
+
+def test_beat_schedule_sends_the_tick() -> None:
+    import os
+
+    os.environ.setdefault("DSPO_BROKER_URL", "memory://")
+    from worker.celery_app import make_celery
+
+    app = make_celery()
+    [entry] = app.conf.beat_schedule.values()
+    assert entry["task"] == RETRAIN_TASK_NAME and RETRAIN_TASK_NAME in app.tasks
+    assert GPU_QUEUE == "gpu"
