@@ -23,3 +23,13 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    # accelerate keeps one process-wide state whose mixed precision cannot change once set; a CLI run trains
+    # once per process, but this suite trains many times with different settings.
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state()
