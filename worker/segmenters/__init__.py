@@ -6,6 +6,7 @@ from typing import Any
 
 from worker.segmenters.base import Segmenter
 from worker.segmenters.classical import FelzenszwalbSegmenter, SlicSegmenter
+from worker.segmenters.sam import SamSegmenter
 
 __all__ = ["KNOWN_SEGMENTERS", "Segmenter", "get_segmenter"]
 
@@ -14,6 +15,7 @@ _SEGMENTERS: dict[str, type] = {
     "classical": FelzenszwalbSegmenter,
     "felzenszwalb": FelzenszwalbSegmenter,
     "slic": SlicSegmenter,
+    "sam": SamSegmenter,  # needs the [train] extra (transformers, torch) when it runs
 }
 KNOWN_SEGMENTERS = tuple(_SEGMENTERS)
 

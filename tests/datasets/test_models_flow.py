@@ -1,0 +1,160 @@
+"""Diffusion candidates from a tiny random upscaler and SAM masks from a tiny random SamModel flow
+through the real jobs to tasks; a registered LoRA, once the project switches to it, makes the next
+round's candidates (SQLite: the database plays no part here)."""
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import select
+
+from dspo import jobs
+from dspo.db import session_scope
+from dspo.ingest import add_source
+from dspo.models import Candidate, Instance, Project, Task
+from dspo.runtime import Runtime
+from tests.datasets.helpers import make_project, wait_jobs
+from tests.helpers import png_bytes
+from worker.generators import get_generator
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+    shutil.copy(sqlite_template, tmp_path / "dspo.db")
+    return f"sqlite:///{tmp_path / 'dspo.db'}"
+
+
+def tiny_sam(folder: Path) -> Path:
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    torch.manual_seed(0)
+    config = SamConfig(
+        vision_config={
+            "hidden_size": 32,
+            "output_channels": 16,
+            "num_pos_feats": 8,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "patch_size": 16,
+            "mlp_dim": 64,
+            "global_attn_indexes": [1],
+            "window_size": 2,
+        },
+        prompt_encoder_config={
+            "hidden_size": 16,
+            "image_size": 64,
+            "patch_size": 16,
+            "mask_input_channels": 4,
+        },
+        mask_decoder_config={
+            "hidden_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "mlp_dim": 32,
+            "iou_head_hidden_dim": 16,
+        },
+    )
+    SamModel(config).save_pretrained(folder)
+    processor = SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
+    SamProcessor(processor).save_pretrained(folder)
+    return folder
+
+
+def tiny_lora(model: Path, folder: Path) -> Path:
+    """A LoRA on the tiny upscaler's attention, with random (non-zero) weights so that it shows."""
+    from diffusers import StableDiffusionUpscalePipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(1)
+    pipe = StableDiffusionUpscalePipeline.from_pretrained(model)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=targets, init_lora_weights=False))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    StableDiffusionUpscalePipeline.save_lora_weights(folder, unet_lora_layers=layers)
+    return folder
+
+
+def test_diffusion_and_sam_to_tasks_then_a_lora_round(
+    runtime: Runtime, client: TestClient, admin: dict[str, str], tmp_path: Path
+) -> None:
+    from trainer.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "upscaler", "upscaler")
+    sam = tiny_sam(tmp_path / "sam")
+    project_id = make_project(
+        runtime,
+        n_sources=1,
+        generator="diffusion",
+        generator_settings={"model": str(model), "guidance": [5.0, 7.5], "steps": [2, 3], "batch_size": 2},
+        segmenter="sam",
+        segmenter_settings={"model": str(sam), "points_per_side": 4, "pred_iou_thresh": None},
+        min_area_fraction=0.01,
+    )
+    with runtime.sessions() as session:
+        candidates = session.scalars(select(Candidate).order_by(Candidate.position)).all()
+        instances = session.scalars(select(Instance)).all()
+        n_tasks = len(session.scalars(select(Task)).all())
+    assert [c.generator for c in candidates] == ["diffusion"] * 3
+    assert [(c.settings["guidance"], c.settings["steps"]) for c in candidates] == [
+        (5.0, 2),
+        (7.5, 3),
+        (5.0, 2),
+    ]
+    assert len({c.sha256 for c in candidates}) == 3 and (candidates[0].width, candidates[0].height) == (
+        96,
+        64,
+    )
+    assert len(instances) >= 2 and n_tasks == len(instances) + 1  # SAM regions, plus the image task
+    assert sum(i.weight for i in instances) == pytest.approx(1.0)
+
+    # Register a LoRA and switch the project to it: the next upload's candidates use it.
+    lora = tiny_lora(model, tmp_path / "lora")
+    url = f"/api/v1/projects/{project_id}"
+    body = {"name": "tuned-1", "base_model": str(model), "lora_path": str(lora)}
+    version = client.post(f"{url}/model-versions", json=body, headers=admin)
+    assert version.status_code == 201, version.text
+    switch = client.put(
+        f"{url}/model-version", json={"model_version_id": version.json()["id"]}, headers=admin
+    )
+    assert switch.status_code == 200, switch.text
+    with session_scope(runtime.sessions) as session:
+        project = session.get(Project, project_id)
+        assert project is not None and project.model_version_id == version.json()["id"]
+        assert project.generator_settings["lora"] == str(lora) and project.generator_settings["steps"] == [
+            2,
+            3,
+        ]
+        source, _ = add_source(
+            session,
+            runtime.blobs,
+            project,
+            png_bytes(24, 16, 9),
+            filename="9.png",
+            kind="lq",
+            max_pixels=10**7,
+        )
+        session.flush()
+        source_id = source.id
+    jobs.submit(runtime, [jobs.JobSpec("ingest", {"source_id": source_id}, project_id)])
+    assert all(j.state == "succeeded" for j in wait_jobs(runtime, project_id))
+    with runtime.sessions() as session:
+        tuned = session.scalars(
+            select(Candidate).where(Candidate.source_id == source_id).order_by(Candidate.position)
+        ).all()
+    assert all(c.settings["lora"] == str(lora) for c in tuned)
+    assert tuned[0].weights_digest != candidates[0].weights_digest
+    # The same LQ image and seed without the LoRA gives other pixels: the LoRA was applied.
+    lq = Image.open(io.BytesIO(png_bytes(24, 16, 9)))
+    base = get_generator("diffusion", model=str(model), guidance=[5.0], steps=[2]).generate(
+        lq, scale=4, n=1, seed=tuned[0].seed
+    )[0]
+    tuned_pixels = np.asarray(Image.open(io.BytesIO(runtime.blobs.get(tuned[0].sha256))))
+    assert not np.array_equal(np.asarray(base.image), tuned_pixels)
