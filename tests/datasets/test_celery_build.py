@@ -136,3 +136,56 @@ def test_duplicate_and_sigkill_mid_build(worker: tuple[Runtime, subprocess.Popen
         assert list(staging.iterdir()) == []
     with runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Dataset)) == 1
+
+
+def test_beat_builds_once_and_queues_training_on_the_gpu_queue(
+    worker: tuple[Runtime, subprocess.Popen], redis_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    from dspo.db import session_scope
+    from dspo.models import Project
+
+    runtime, _ = worker
+    project_id = make_project(runtime, n_sources=1)
+    with session_scope(runtime.sessions) as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        project.retrain_min_votes = 6
+        project.train_settings = {"model": str(tmp_path)}
+    vote_all(runtime, project_id, users(runtime, ["a1", "a2", "a3"]))  # 12 accepted votes >= 6
+
+    env = {
+        **os.environ,
+        "DSPO_DATABASE_URL": runtime.settings.database_url,
+        "DSPO_BROKER_URL": runtime.settings.broker_url,
+        "DSPO_REDIS_KEY_PREFIX": runtime.settings.redis_key_prefix,
+        "DSPO_RETRAIN_TICK_SECONDS": "0.5",
+    }
+    log = (tmp_path / "beat.log").open("w")
+    beat = subprocess.Popen(
+        [sys.executable, "-m", "dspo.cli", "beat", "--schedule", str(tmp_path / "beat-schedule")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def kinds() -> list[tuple[str, str]]:
+            with runtime.sessions() as session:
+                return [(j.kind, j.state) for j in session.scalars(select(Job).order_by(Job.id))]
+
+        wait_for(lambda: ("train_model", "queued") in kinds(), "a training job")
+        time.sleep(3)  # several more ticks: nothing more may be queued
+    finally:
+        beat.terminate()
+        beat.wait(timeout=20)
+        log.close()
+    jobs_after = [k for k in kinds() if k[0] in ("dataset_build", "train_model")]
+    assert jobs_after == [("dataset_build", "succeeded"), ("train_model", "queued")], jobs_after
+    with runtime.sessions() as session:
+        [dataset] = session.scalars(select(Dataset)).all()
+        assert dataset.retrain and dataset.state == "published"
+    # It waits on the gpu queue, which this worker (default queue only) does not consume.
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen(f"{runtime.settings.redis_key_prefix}:gpu") == 1
