@@ -690,7 +690,8 @@ def run_load(
     measured = [s for s in samples if s.start >= window_start and s.start + s.next_s + s.vote_s <= window_end]
     next_ms = [s.next_s * 1000 for s in measured]
     vote_ms = [s.vote_s * 1000 for s in measured]
-    cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+    # A process that exits in between takes its CPU time with it: never report less than nothing.
+    cpu = {k: max(0.0, cpu_after[k] - cpu_before[k]) for k in cpu_after}
     cpu["other"] = max(0.0, busy_after - busy_before - sum(cpu.values()))
     per_loop = {k: 1000 * v / max(1, len(measured)) for k, v in cpu.items()}
     return RunResult(
