@@ -333,6 +333,8 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
                 "dataset_id": f"{project.name}/v{dataset.version}",
                 "version": dataset.version,
                 "project": project.name,
+                # The request's time, not the build's: a rebuild gives byte-identical files.
+                "created_at": dataset.created_at.isoformat(timespec="seconds"),
                 "vote_snapshot": {
                     "max_vote_id": dataset.max_vote_id,
                     "votes": votes_count,
@@ -368,20 +370,20 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
 def _publish(
     runtime: Runtime, dataset: Dataset, staging: Path, files: dict, counts: dict, digest: str
 ) -> dict:
+    """Rename the staging folder into place and mark the row published, under the row's lock: a
+    duplicate delivery of the same job that gets here second finds it published and touches nothing."""
     final = dataset_dir(runtime, dataset)
-    if final.exists():
-        # Renamed into place by a build killed before it committed: never published, so replace it.
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(staging, final)
     with session_scope(runtime.sessions) as session:
-        done = session.execute(
-            update(Dataset)
-            .where(Dataset.id == dataset.id, Dataset.job_id == dataset.job_id, Dataset.state == "building")
-            .values(state="published", counts=counts, files=files, digest=digest, published_at=utcnow())
-        ).rowcount  # type: ignore[attr-defined]
-    if not done:
-        raise DatasetBuildError(f"dataset {dataset.id} was taken over by another job while it was built")
+        row = session.scalars(select(Dataset).where(Dataset.id == dataset.id).with_for_update()).one()
+        if row.state != "building" or row.job_id != dataset.job_id:
+            raise DatasetBuildError(f"dataset {dataset.id} is {row.state} (job {row.job_id}): not publishing")
+        if final.exists():
+            # Renamed into place by a build killed before it committed: never published, so replace it.
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, final)
+        row.state, row.counts, row.files, row.digest = "published", counts, files, digest
+        row.published_at = utcnow()
     return {"dataset_id": dataset.id, "version": dataset.version, "digest": digest, "counts": counts}
 
 

@@ -153,3 +153,28 @@ def test_build_download_and_read_back(
     assert val["total"] == sum(r.split == "val" for r in records)
     missing = client.get(f"/api/v1/datasets/{dataset_id}/files/../../etc/passwd", headers=admin)
     assert missing.status_code == 404
+
+
+def test_rebuild_is_byte_identical_and_redelivery_is_a_no_op(
+    runtime: Runtime, client: TestClient, admin: dict[str, str], built: dict
+) -> None:
+    from dspo.datasets import build
+    from dspo.db import session_scope
+    from dspo.models import Dataset
+
+    # A redelivered job after publication finds the dataset published and changes nothing.
+    again = build(runtime, built["id"], built["job_id"], lambda fraction, message: None)
+    assert again == {"dataset_id": built["id"], "state": "published", "built_by_this_job": False}
+
+    # The same dataset built again from the votes it names gives the same bytes, file for file.
+    with session_scope(runtime.sessions) as session:
+        row = session.get(Dataset, built["id"])
+        assert row is not None
+        row.state, row.files = "failed", None
+    retry = client.post(
+        f"/api/v1/projects/{built['project_id']}/datasets", json=built["settings"], headers=admin
+    )
+    assert retry.status_code == 200 and retry.json()["job_id"] != built["job_id"]
+    assert wait_job(client, admin, retry.json()["job_id"])["state"] == "succeeded"
+    rebuilt = client.get(f"/api/v1/datasets/{built['id']}", headers=admin).json()
+    assert rebuilt["files"] == built["files"] and rebuilt["digest"] == built["digest"]
