@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from dspo.errors import Conflict, InvalidInput, NotFound
@@ -157,6 +157,22 @@ def find_replay(session: Session, *, task_id: int, user_id: int, data: VoteInput
     return previous
 
 
+def _replay_or_conflict(session: Session, *, task_id: int, user_id: int, data: VoteInput) -> Vote | None:
+    """One look at this annotator's votes that matter here: the one this submission id produced (a
+    replay), or another answer to the same task (a Conflict)."""
+    stmt = select(Vote).where(
+        Vote.user_id == user_id,
+        or_(Vote.client_submission_id == data.client_submission_id, Vote.task_id == task_id),
+    )
+    votes = session.scalars(stmt).all()
+    for vote in votes:
+        if vote.client_submission_id == data.client_submission_id:
+            return find_replay(session, task_id=task_id, user_id=user_id, data=data)
+    for vote in votes:
+        raise Conflict(f"you already answered task {task_id} (vote {vote.id}, {vote.outcome})")
+    return None
+
+
 def _validate(data: VoteInput, candidates: list[int]) -> None:
     if data.outcome not in OUTCOMES:
         raise InvalidInput(f"outcome must be one of {', '.join(OUTCOMES)}, not {data.outcome!r}")
@@ -173,31 +189,38 @@ def _validate(data: VoteInput, candidates: list[int]) -> None:
         raise InvalidInput(f"a {data.outcome!r} answer names no best or worst candidate")
 
 
-def _check_texts(session: Session, task: Task, data: VoteInput) -> None:
+def _check_texts(project: Project, data: VoteInput) -> None:
     """The project's text requirements: content for every answer, defect for a pick (it has a worst)."""
-    project = session.get(Project, task.project_id)
-    assert project is not None
     if project.require_content and data.outcome in COUNTED_OUTCOMES and not data.content_text.strip():
         raise InvalidInput("this project needs content_text: say what the region really shows")
     if project.require_defect and data.outcome == "pick" and not data.defect_text.strip():
         raise InvalidInput("this project needs defect_text: say what is wrong in the worst candidate")
 
 
-def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput, now: datetime) -> Vote:
-    """Record an answer (or a skip). Idempotent by client_submission_id; a different second answer by
-    the same annotator on the same task is a Conflict."""
-    replay = find_replay(session, task_id=task_id, user_id=user_id, data=data)
-    if replay is not None:
-        return replay
-    task = session.get(Task, task_id)
-    if task is None:
+def _task_and_project(session: Session, task_id: int) -> tuple[Task, Project]:
+    row = session.execute(
+        select(Task, Project).join(Project, Project.id == Task.project_id).where(Task.id == task_id)
+    ).first()
+    if row is None:
         raise NotFound(f"task {task_id} does not exist")
+    task, project = row
+    return task, project
+
+
+def submit_vote(
+    session: Session, *, task_id: int, user_id: int, data: VoteInput, now: datetime
+) -> tuple[Vote, bool]:
+    """Record an answer (or a skip); returns the vote and whether it is new. Idempotent by
+    client_submission_id (a replay returns the first vote, not new); a different second answer by the
+    same annotator on the same task is a Conflict. A copy of a submission that races its original to
+    the insert fails on the unique constraints: the caller rolls back and looks for the replay."""
+    replay = _replay_or_conflict(session, task_id=task_id, user_id=user_id, data=data)
+    if replay is not None:
+        return replay, False
+    task, project = _task_and_project(session, task_id)
     candidates = candidate_ids(session, task.source_id)
     _validate(data, candidates)
-    _check_texts(session, task, data)
-    earlier = session.scalars(select(Vote).where(Vote.task_id == task_id, Vote.user_id == user_id)).first()
-    if earlier is not None:
-        raise Conflict(f"you already answered task {task_id} (vote {earlier.id}, {earlier.outcome})")
+    _check_texts(project, data)
 
     had_lease = _take_lease(session, task_id, user_id)
     task = _lock_task(session, task_id)
@@ -231,7 +254,7 @@ def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput
         if task.vote_count >= task.required_votes:
             task.state = "complete"
     session.flush()
-    return vote
+    return vote, True
 
 
 def replace_vote(
@@ -243,7 +266,7 @@ def replace_vote(
     data: VoteInput,
     now: datetime,
     grace: timedelta = REPLACE_GRACE,
-) -> Vote:
+) -> tuple[Vote, bool]:
     """Undo: replace the answer recorded under `replaces_submission_id` by a new one (any outcome, a
     skip included). The vote row keeps its id and takes the new answer; the old one goes to
     vote_revisions. Slots follow the outcome: a counted answer that becomes a skip frees its slot, and
@@ -251,7 +274,7 @@ def replace_vote(
     nothing was recorded under the old id (it failed), the new answer is recorded as a plain vote."""
     replay = find_replay(session, task_id=task_id, user_id=user_id, data=data)
     if replay is not None:
-        return replay
+        return replay, False
     stmt = select(Vote).where(Vote.user_id == user_id, Vote.client_submission_id == replaces_submission_id)
     if session.scalars(stmt).first() is None:
         return submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=now)
@@ -263,7 +286,9 @@ def replace_vote(
     if now - old.created_at > grace:
         raise Conflict(f"vote {old.id} is older than {grace.total_seconds():.0f} s: too late to undo it")
     _validate(data, candidate_ids(session, task.source_id))
-    _check_texts(session, task, data)
+    project = session.get(Project, task.project_id)
+    assert project is not None
+    _check_texts(project, data)
 
     was_counted = old.outcome in COUNTED_OUTCOMES
     counted = data.outcome in COUNTED_OUTCOMES
@@ -297,7 +322,7 @@ def replace_vote(
     old.client_submission_id = data.client_submission_id
     old.created_at = now
     session.flush()
-    return old
+    return old, True
 
 
 def release_task(session: Session, *, task_id: int, user_id: int) -> bool:

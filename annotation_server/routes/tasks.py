@@ -11,7 +11,7 @@ from annotation_server.routes.projects import get_project
 from annotation_server.schemas import CandidateView, ProgressOut, SkipIn, TaskOut, VoteIn, VoteOut
 from dspo import assign
 from dspo.db import utcnow
-from dspo.errors import DspoError
+from dspo.errors import Conflict, DspoError
 from dspo.models import Instance, Lease, Project, Source, Task, User, Vote
 
 router = APIRouter(tags=["annotation"])
@@ -80,6 +80,13 @@ def next_task(
     return view
 
 
+def _replay_after(session: Session, task_id: int, user: User, data: assign.VoteInput) -> Vote | None:
+    try:
+        return assign.find_replay(session, task_id=task_id, user_id=user.id, data=data)
+    except DspoError:
+        return None
+
+
 def _submit(
     session: Session,
     task_id: int,
@@ -89,13 +96,9 @@ def _submit(
     replaces: str | None = None,
 ) -> Vote:
     try:
-        replay = assign.find_replay(session, task_id=task_id, user_id=user.id, data=data)
-        if replay is not None:
-            response.status_code = status.HTTP_200_OK
-            return replay
         try:
             if replaces:
-                vote = assign.replace_vote(
+                vote, created = assign.replace_vote(
                     session,
                     task_id=task_id,
                     user_id=user.id,
@@ -104,22 +107,29 @@ def _submit(
                     now=utcnow(),
                 )
             else:
-                vote = assign.submit_vote(session, task_id=task_id, user_id=user.id, data=data, now=utcnow())
+                vote, created = assign.submit_vote(
+                    session, task_id=task_id, user_id=user.id, data=data, now=utcnow()
+                )
             session.commit()
-            return vote
         except IntegrityError:
-            # The same submission raced with itself (a client retry): the first one won.
+            # A copy of this submission (a client retry) committed first: answer as its replay.
             session.rollback()
-            replay = assign.find_replay(session, task_id=task_id, user_id=user.id, data=data)
-            if replay is None:
+            vote, created = assign.find_replay(session, task_id=task_id, user_id=user.id, data=data), False
+            if vote is None:
                 raise HTTPException(
                     status.HTTP_409_CONFLICT, f"you already answered task {task_id}"
                 ) from None
-            response.status_code = status.HTTP_200_OK
-            return replay
     except DspoError as exc:
         session.rollback()
-        raise HTTPException(exc.status_code, exc.message) from None
+        # A conflict seen while a copy of this very submission committed (a retry racing its original
+        # on PostgreSQL) is that copy's replay, not a conflict.
+        replay = _replay_after(session, task_id, user, data) if isinstance(exc, Conflict) else None
+        if replay is None:
+            raise HTTPException(exc.status_code, exc.message) from None
+        vote, created = replay, False
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return vote
 
 
 @router.post("/tasks/{task_id}/vote", response_model=VoteOut, status_code=status.HTTP_201_CREATED)

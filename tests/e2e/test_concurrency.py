@@ -210,12 +210,6 @@ def test_sixteen_annotators_finish_a_project(running_server: Server, e2e_databas
 
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="a copy that races its original past find_replay gets 409 'you already answered' (or a second "
-    "201) instead of a 200 replay: annotation_server/routes/tasks.py _submit neither looks for a replay "
-    "after a Conflict nor tells a replay found inside submit_vote from a new vote",
-)
 def test_concurrent_copies_of_one_vote_are_replays(running_server: Server, e2e_database_url: str) -> None:
     project_id = bulk_load(e2e_database_url, 40, required_votes=K)
     names = create_annotators(e2e_database_url, 4)
