@@ -53,8 +53,8 @@ def voted(runtime: Runtime) -> tuple[int, list, list[int]]:
     return project_id, found, u
 
 
-def test_plurality_pairs_and_drops_by_reason(runtime: Runtime, voted) -> None:
-    project_id, t, _ = voted
+def test_plurality_pairs_drops_and_agreement(runtime: Runtime, voted) -> None:
+    project_id, t, u = voted
     with runtime.sessions() as session:
         result = aggregate(session, project_id, newest_vote_id(session, project_id), AggregationSettings())
         instance_weight = {i: w for i, w in session.execute(select(Instance.id, Instance.weight))}
@@ -85,6 +85,21 @@ def test_plurality_pairs_and_drops_by_reason(runtime: Runtime, voted) -> None:
     assert third[0].weight == pytest.approx(instance_weight[t[8].instance_id] / total)
     # Source 2 kept one instance (t6) of three: its weight becomes 1.
     assert pairs[t[6].id].weight == pytest.approx(1.0)
+
+    # Agreement: alpha over the candidate positions of the picks, as the fixture cast them.
+    with runtime.sessions() as session:
+        stats = agreement(session, project_id)
+    best = [[0, 0, 0], [0, 0], [0], [0, 1, 2], [0], [0, 0, 0, 1, 2, 1], [0, 0, 2]] + [[2, 2, 2]] * 4
+    worst = [[1, 1, 2], [1, 1], [1], [1, 2, 0], [1], [1, 2, 1, 0, 0, 0], [1, 2, 1]] + [[0, 0, 0]] * 4
+    for name, positions in (("best", best), ("worst", worst)):
+        expected = krippendorff_alpha({i: Counter(p) for i, p in enumerate(positions)})
+        assert stats[f"alpha_{name}"] == pytest.approx(expected)
+    by_user = {a["user_id"]: a for a in stats["annotators"]}
+    # u4 answered only t5, where its best (1) is not the plurality best (0) and its worst (0) is.
+    assert by_user[u[3]]["picks"] == 1
+    assert by_user[u[3]]["best_agreement"] == 0.0 and by_user[u[3]]["worst_agreement"] == 1.0
+    # u1 agrees with every unique plurality best it took part in.
+    assert by_user[u[0]]["best_agreement"] == 1.0
 
 
 def test_settings_and_snapshot_change_what_is_kept(runtime: Runtime, voted) -> None:
@@ -117,16 +132,3 @@ def test_krippendorff_alpha_by_hand() -> None:
     assert krippendorff_alpha({1: Counter(a=3), 2: Counter(b=2), 3: Counter(c=1)}) == 1.0
     assert krippendorff_alpha({1: Counter(a=1)}) is None  # nothing pairable
     assert krippendorff_alpha({1: Counter(a=2), 2: Counter(a=3)}) is None  # one value only
-
-
-def test_agreement_statistics(runtime: Runtime, voted) -> None:
-    project_id, _, u = voted
-    with runtime.sessions() as session:
-        stats = agreement(session, project_id)
-    assert -1.0 <= stats["alpha_best"] < 1.0 and -1.0 <= stats["alpha_worst"] < 1.0
-    by_user = {a["user_id"]: a for a in stats["annotators"]}
-    # u4 answered only t5, where its best (1) is not the plurality best (0) and its worst (0) is.
-    assert by_user[u[3]]["picks"] == 1
-    assert by_user[u[3]]["best_agreement"] == 0.0 and by_user[u[3]]["worst_agreement"] == 1.0
-    # u1 agrees with every unique plurality best it took part in.
-    assert by_user[u[0]]["best_agreement"] == 1.0

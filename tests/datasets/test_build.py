@@ -16,7 +16,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dspo.dataset_format import read_records, verify_dataset
-from dspo.datasets import split_of
+from dspo.datasets import build, split_of
+from dspo.db import session_scope
+from dspo.models import Dataset
 from dspo.runtime import Runtime
 from tests.datasets.helpers import make_project, users, vote_all
 
@@ -58,7 +60,7 @@ def built(runtime: Runtime, client: TestClient, admin: dict[str, str], tmp_path:
     return listed[0]
 
 
-def test_build_download_and_read_back(
+def test_build_download_read_back_and_rebuild(
     runtime: Runtime, client: TestClient, admin: dict[str, str], built: dict, tmp_path: Path
 ) -> None:
     dataset_id, files = built["id"], built["files"]
@@ -153,14 +155,6 @@ def test_build_download_and_read_back(
     assert val["total"] == sum(r.split == "val" for r in records)
     missing = client.get(f"/api/v1/datasets/{dataset_id}/files/../../etc/passwd", headers=admin)
     assert missing.status_code == 404
-
-
-def test_rebuild_is_byte_identical_and_redelivery_is_a_no_op(
-    runtime: Runtime, client: TestClient, admin: dict[str, str], built: dict
-) -> None:
-    from dspo.datasets import build
-    from dspo.db import session_scope
-    from dspo.models import Dataset
 
     # A redelivered job after publication finds the dataset published and changes nothing.
     again = build(runtime, built["id"], built["job_id"], lambda fraction, message: None)
