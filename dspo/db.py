@@ -1,5 +1,6 @@
 """Engines and sessions for SQLite (embedded) and PostgreSQL (production), one code path for both."""
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -12,6 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+SQLITE_LOCK_TIMEOUT = 30.0
 
 
 def make_engine(url: str, *, pool_size: int = 20) -> Engine:
@@ -37,12 +41,34 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
+    # Writers of this process queue on a lock instead of sleeping in SQLite's busy handler, whose
+    # back-off (up to 100 ms a try) made the slowest requests wait seconds under load.
+    write_lock = threading.Lock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
         # A deferred transaction that reads and then writes fails with SQLITE_BUSY when another writer
         # committed in between; taking the write lock up front makes read-then-write units (leases,
         # votes) serialisable instead.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not write_lock.acquire(timeout=SQLITE_LOCK_TIMEOUT):
+            raise TimeoutError(f"no SQLite transaction could start within {SQLITE_LOCK_TIMEOUT} s")
+        conn.info["holds_write_lock"] = True
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release(conn.info)
+            raise
+
+    def _release(info: dict) -> None:  # type: ignore[type-arg]
+        if info.pop("holds_write_lock", False):
+            write_lock.release()
+
+    # Whichever way a transaction ends (commit, rollback, a connection returned to the pool or thrown
+    # away mid-transaction), the lock goes with it.
+    event.listen(engine, "commit", lambda conn: _release(conn.info))
+    event.listen(engine, "rollback", lambda conn: _release(conn.info))
+    event.listen(engine.pool, "reset", lambda _dbapi, record, _state: _release(record.info))
+    event.listen(engine.pool, "invalidate", lambda _dbapi, record, _exc: _release(record.info))
 
     return engine
 
