@@ -7,7 +7,16 @@ import dataclasses
 import json
 import sys
 
-from trainer.config import TrainConfig
+from trainer.config import LOSSES, MIXED_PRECISION, TrainConfig
+from trainer.losses import LOSS_TYPES, REGULARISERS
+
+CHOICES = {
+    "backbone": ("upscaler", "onestep"),
+    "loss": LOSSES,
+    "loss_type": LOSS_TYPES,
+    "reg": REGULARISERS,
+    "mixed_precision": MIXED_PRECISION,
+}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +34,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kind = str if field.name == "resume" else float
             parser.add_argument(flag, type=kind, default=default)
         else:
-            parser.add_argument(flag, type=type(default), default=default)
+            parser.add_argument(flag, type=type(default), default=default, choices=CHOICES.get(field.name))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -36,7 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
         metrics = train(cfg).metrics
-    except (DatasetError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, ValueError, OSError) as e:
         print(f"dspo train: {e}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, indent=2))
@@ -61,7 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
         )
-    except (DatasetError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, ValueError, OSError) as e:
         print(f"dspo eval: {e}", file=sys.stderr)
         return 2
     print(
