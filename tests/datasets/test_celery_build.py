@@ -176,7 +176,7 @@ def test_beat_builds_once_and_queues_training_on_the_gpu_queue(
                 return [(j.kind, j.state) for j in session.scalars(select(Job).order_by(Job.id))]
 
         wait_for(lambda: ("train_model", "queued") in kinds(), "a training job")
-        time.sleep(3)  # several more ticks: nothing more may be queued
+        time.sleep(2)  # four more ticks: nothing more may be queued
     finally:
         beat.terminate()
         beat.wait(timeout=20)

@@ -16,9 +16,10 @@ from sqlalchemy import select
 from dspo import jobs
 from dspo.db import session_scope
 from dspo.ingest import add_source
-from dspo.models import Candidate, Instance, Project, Task
+from dspo.models import Candidate, Dataset, Instance, Project, Task
+from dspo.retrain import retrain_tick
 from dspo.runtime import Runtime
-from tests.datasets.helpers import make_project, wait_jobs
+from tests.datasets.helpers import make_project, users, vote_all, wait_jobs
 from tests.helpers import png_bytes
 from worker.generators import get_generator
 
@@ -158,3 +159,33 @@ def test_diffusion_and_sam_to_tasks_then_a_lora_round(
     )[0]
     tuned_pixels = np.asarray(Image.open(io.BytesIO(runtime.blobs.get(tuned[0].sha256))))
     assert not np.array_equal(np.asarray(base.image), tuned_pixels)
+
+
+def test_scheduled_training_runs_the_trainer_and_registers_its_lora(
+    runtime: Runtime, client: TestClient, admin: dict[str, str], tmp_path: Path
+) -> None:
+    from trainer.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "upscaler", "upscaler")
+    project_id = make_project(runtime, n_sources=1)
+    vote_all(runtime, project_id, users(runtime, ["a1", "a2", "a3"]))
+    args = {"max_steps": 1, "resolution": 64, "batch_size": 1, "lora_rank": 2, "log_every": 1}
+    settings = {"retrain_min_votes": 3, "train_settings": {"model": str(model), "args": args}}
+    response = client.put(f"/api/v1/projects/{project_id}/retraining", json=settings, headers=admin)
+    assert response.status_code == 200 and response.json()["retrain_min_votes"] == 3
+
+    assert len(retrain_tick(runtime)["datasets"]) == 1
+    wait_jobs(runtime, project_id)
+    [train_job_id] = retrain_tick(runtime)["training_jobs"]
+    [job] = [j for j in wait_jobs(runtime, project_id, timeout=300) if j.id == train_job_id]
+    assert job.state == "succeeded", job.error
+    log = client.get(f"/api/v1/training-jobs/{train_job_id}/log", headers=admin)
+    assert log.status_code == 200 and '"loss":' in log.text  # the metrics the trainer printed
+    versions = client.get(f"/api/v1/projects/{project_id}/model-versions", headers=admin).json()
+    assert [v["job_id"] for v in versions] == [train_job_id]
+    version = versions[0]
+    assert Path(version["lora_path"], "pytorch_lora_weights.safetensors").is_file()
+    assert version["metrics"] == job.result["metrics"] and version["base_model"] == str(model)
+    with runtime.sessions() as session:
+        [dataset] = session.scalars(select(Dataset)).all()
+    assert version["dataset_id"] == dataset.id
