@@ -273,7 +273,9 @@ def run(backend: str, n_votes: int, with_speedup: bool) -> list[str]:
     lines: list[str] = []
 
     def line(step: str, seconds: float, notes: str = "") -> str:
-        return f"| {backend} | {n_votes:,} | {step} | {seconds:.1f} s | {notes} |"
+        text = f"| {backend} | {n_votes:,} | {step} | {seconds:.1f} s | {notes} |"
+        print(text, flush=True)  # as it comes: a 1M run takes long
+        return text
 
     try:
         with database(backend, folder) as url:
@@ -314,8 +316,6 @@ def run(backend: str, n_votes: int, with_speedup: bool) -> list[str]:
                 one, two = speedup(url, storage, 1)
                 walls = f"1 process {one:.1f} s, 2 processes {two:.1f} s"
                 lines.append(line(f"2 full builds | speed-up {one / two:.2f}x", two, walls))
-            for line in lines:
-                print(line, flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return lines

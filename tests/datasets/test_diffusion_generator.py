@@ -1,0 +1,45 @@
+"""The diffusion generator on tiny random backbones: provenance, reproducibility, one-step prompts."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import png_bytes
+from worker.generators import get_generator
+
+
+@pytest.fixture(scope="module")
+def lq() -> Image.Image:
+    return Image.open(io.BytesIO(png_bytes(24, 16, 0)))
+
+
+def test_upscaler_candidate_i_does_not_depend_on_n(tmp_path: Path, lq: Image.Image) -> None:
+    from trainer.tiny import make_tiny_model
+
+    model = str(make_tiny_model(tmp_path / "upscaler", "upscaler"))
+    generator = get_generator("diffusion", model=model, guidance=[4.0, 8.0], steps=[2, 3], batch_size=1)
+    three = generator.generate(lq, scale=4, n=3, seed=11)
+    one = generator.generate(lq, scale=4, n=1, seed=11)
+    assert np.array_equal(np.asarray(one[0].image), np.asarray(three[0].image))
+    assert [c.seed for c in three] == [11, 12, 13] and three[1].settings["guidance"] == 8.0
+    assert len({c.weights_digest for c in three}) == 1 and three[0].model == model
+    with pytest.raises(ValueError, match="x4"):
+        generator.generate(lq, scale=2, n=1, seed=0)
+
+
+def test_onestep_needs_distinct_prompts(tmp_path: Path, lq: Image.Image) -> None:
+    from trainer.tiny import make_tiny_model
+
+    model = str(make_tiny_model(tmp_path / "onestep", "onestep"))
+    made = get_generator("diffusion", model=model, backbone="onestep", prompts=["a", "b"]).generate(
+        lq, scale=4, n=2, seed=0
+    )
+    assert [c.settings["prompt"] for c in made] == ["a", "b"] and made[0].image.size == (96, 64)
+    assert not np.array_equal(np.asarray(made[0].image), np.asarray(made[1].image))
+    with pytest.raises(ValueError, match="distinct prompts"):
+        get_generator("diffusion", model=model, backbone="onestep").generate(lq, scale=4, n=2, seed=0)
+    with pytest.raises(ValueError, match="not a local diffusers folder"):
+        get_generator("diffusion", model=str(tmp_path / "missing"))
