@@ -268,7 +268,20 @@ def speedup(url: str, storage: Path, project_id: int) -> tuple[float, float]:
     return walls[0], walls[1]
 
 
-def run(backend: str, n_votes: int, with_speedup: bool) -> list[str]:
+def fake_blobs(n_sources: int) -> dict[str, list]:
+    """Names only, no files: enough for aggregation, which never reads an image."""
+
+    def sha(*key: int) -> str:
+        return hashlib.sha256(repr(key).encode()).hexdigest()
+
+    return {
+        "lq": [sha(s) for s in range(n_sources)],
+        "candidates": [[sha(s, 1, c) for c in range(N_CANDIDATES)] for s in range(n_sources)],
+        "masks": [[sha(s, 2, i) for i in range(INSTANCES)] for s in range(n_sources)],
+    }
+
+
+def run(backend: str, n_votes: int, with_speedup: bool, aggregate_only: bool) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="dspo-bench-"))
     lines: list[str] = []
 
@@ -282,7 +295,10 @@ def run(backend: str, n_votes: int, with_speedup: bool) -> list[str]:
             rng = np.random.default_rng(0)
             storage = folder / "blobs"
             n_sources = -(-n_votes // (K * (INSTANCES + 1)))
-            blobs, t_blobs = timed(lambda: make_blobs(BlobStore(storage), n_sources, rng))
+            if aggregate_only:
+                blobs, t_blobs = fake_blobs(n_sources), 0.0
+            else:
+                blobs, t_blobs = timed(lambda: make_blobs(BlobStore(storage), n_sources, rng))
             rows, t_rows = timed(lambda: tables(n_votes, 1, rng, blobs))
             _, t_load = timed(lambda: bulk_load(url, 1, rows))
             print(f"  {n_votes} votes: blobs {t_blobs:.0f} s, rows {t_rows:.0f} s, bulk load {t_load:.0f} s")
@@ -296,6 +312,9 @@ def run(backend: str, n_votes: int, with_speedup: bool) -> list[str]:
             lines.append(
                 line(f"aggregate | {n_votes / t_agg:,.0f} votes/s", t_agg, f"{records:,} records; {drops}")
             )
+            if aggregate_only:
+                runtime.close()
+                return lines
             native = folder / "out" / "native"
             writer, t_write = timed(
                 lambda: write_native(runtime.blobs, result.pairs, settings, SCALE, native)
@@ -326,11 +345,15 @@ def main() -> None:
     parser.add_argument("--backend", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated vote counts")
     parser.add_argument("--speedup-size", type=int, default=100000, help="size for the 1 → 2 process ratio")
+    parser.add_argument(
+        "--aggregate-only-from", type=int, default=None, help="from this size on, time aggregation only"
+    )
     args = parser.parse_args()
     header = ["| backend | votes | step | throughput | wall | notes |", "|---|---|---|---|---|---|"]
     lines = []
     for size in (int(s) for s in args.sizes.split(",")):
-        lines += run(args.backend, size, with_speedup=size == args.speedup_size)
+        only = args.aggregate_only_from is not None and size >= args.aggregate_only_from
+        lines += run(args.backend, size, with_speedup=size == args.speedup_size, aggregate_only=only)
     print("\n".join(header + lines))
 
 
