@@ -3,11 +3,13 @@ queues exactly one training job (gpu queue) once that dataset is published."""
 
 import time
 
+import pytest
+
 from sqlalchemy import select
 
 from dspo.db import session_scope
 from dspo.models import Dataset, Job, Project
-from dspo.retrain import GPU_QUEUE, TRAIN_JOB, retrain_tick
+from dspo.retrain import TRAIN_JOB, retrain_tick
 from dspo.runtime import Runtime
 from tests.datasets.helpers import make_project, tasks, users, vote, wait_jobs
 from worker.celery_app import RETRAIN_TASK_NAME
@@ -54,13 +56,15 @@ def test_tick_builds_once_then_queues_training_once(runtime: Runtime, tmp_path) 
     assert train.state == "failed" and "no-model does not exist on this worker" in (train.error or "")
 
 
-def test_beat_schedule_sends_the_tick() -> None:
-    import os
-
-    os.environ.setdefault("DSPO_BROKER_URL", "memory://")
+def test_beat_schedule_sends_the_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspo.settings import get_settings
     from worker.celery_app import make_celery
 
-    app = make_celery()
+    monkeypatch.setenv("DSPO_BROKER_URL", "memory://")
+    get_settings.cache_clear()  # settings are cached per process: read the patched environment, and
+    try:  # forget it again afterwards
+        app = make_celery()
+    finally:
+        get_settings.cache_clear()
     [entry] = app.conf.beat_schedule.values()
     assert entry["task"] == RETRAIN_TASK_NAME and RETRAIN_TASK_NAME in app.tasks
-    assert GPU_QUEUE == "gpu"
