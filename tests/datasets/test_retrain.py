@@ -4,7 +4,6 @@ queues exactly one training job (gpu queue) once that dataset is published."""
 import time
 
 import pytest
-
 from sqlalchemy import select
 
 from dspo.db import session_scope
