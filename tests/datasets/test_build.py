@@ -156,6 +156,13 @@ def test_build_download_read_back_and_rebuild(
     missing = client.get(f"/api/v1/datasets/{dataset_id}/files/../../etc/passwd", headers=admin)
     assert missing.status_code == 404
 
+    # Everyone chose the same positions: no expected disagreement (alpha undefined), full agreement.
+    stats = client.get(f"/api/v1/projects/{built['project_id']}/agreement", headers=admin).json()
+    assert stats["alpha_best"] is None and stats["alpha_worst"] is None
+    assert [(a["picks"], a["best_agreement"], a["worst_agreement"]) for a in stats["annotators"]] == [
+        (16, 1.0, 1.0)
+    ] * 3
+
     # A redelivered job after publication finds the dataset published and changes nothing.
     again = build(runtime, built["id"], built["job_id"], lambda fraction, message: None)
     assert again == {"dataset_id": built["id"], "state": "published", "built_by_this_job": False}
