@@ -56,8 +56,8 @@ def test_grey_reference_and_coins_find_the_coins() -> None:
 
 
 def test_unknown_segmenter_and_bad_settings() -> None:
-    with pytest.raises(ValueError, match="Unknown segmenter 'sam'.*felzenszwalb, slic"):
-        get_segmenter("sam")
+    with pytest.raises(ValueError, match="Unknown segmenter 'watershed'.*felzenszwalb, slic, sam"):
+        get_segmenter("watershed")
     with pytest.raises(ValueError, match="Bad settings for segmenter 'slic'"):
         get_segmenter("slic", scale=3)
     with pytest.raises(ValueError, match="scale > 0"):
