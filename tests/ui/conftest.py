@@ -179,7 +179,8 @@ def shown_task(page: Any, previous: str | None = None) -> str:
     """Wait until the page has fully drawn a task other than `previous`; return its id (or the name
     of the message shown instead: 'done'); 'waiting' (for the server) is a passing state."""
     page.wait_for_function(
-        "previous => { const s = document.getElementById('workspace').dataset.shownTask;"
+        # The workspace may not exist yet while the page is still loading after a redirect.
+        "previous => { const s = document.getElementById('workspace')?.dataset.shownTask;"
         " return s && s !== previous && s !== 'waiting'; }",
         arg=previous or "",
     )
