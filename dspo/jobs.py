@@ -95,12 +95,14 @@ def resume_unfinished(runtime: Runtime) -> int:
     return len(job_ids)
 
 
-def dispatch(runtime: Runtime, job_id: int) -> None:
+def dispatch(runtime: Runtime, job_id: int, queue: str | None = None) -> None:
+    """Run the job in this process's pool, or send it to the workers of `queue` (Celery's default
+    queue when None); in-process mode has one pool for every queue."""
     if runtime.settings.jobs_in_process:
         _executor(runtime).submit(_run_logged, runtime, job_id)
     else:
         _celery_client(runtime.settings.broker_url, runtime.settings.redis_key_prefix).send_task(
-            CELERY_TASK_NAME, args=[job_id]
+            CELERY_TASK_NAME, args=[job_id], queue=queue
         )
 
 

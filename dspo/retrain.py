@@ -20,14 +20,8 @@ GPU_QUEUE = "gpu"
 
 
 def dispatch_to_gpu(runtime: Runtime, job_id: int) -> None:
-    """Send a job to the workers of the `gpu` queue (`dspo worker --queues gpu`); in-process mode has
-    one pool for everything."""
-    if runtime.settings.jobs_in_process:
-        jobs.dispatch(runtime, job_id)
-        return
-    # dspo.jobs.dispatch has no queue argument; its Celery client does the sending all the same.
-    client = jobs._celery_client(runtime.settings.broker_url, runtime.settings.redis_key_prefix)
-    client.send_task(jobs.CELERY_TASK_NAME, args=[job_id], queue=GPU_QUEUE)
+    """Send a job to the workers of the `gpu` queue (`dspo worker --queues gpu`)."""
+    jobs.dispatch(runtime, job_id, queue=GPU_QUEUE)
 
 
 def new_votes(runtime: Runtime, project_id: int, after_vote_id: int) -> int:

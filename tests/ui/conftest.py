@@ -183,6 +183,9 @@ def shown_task(page: Any, previous: str | None = None) -> str:
         "previous => { const s = document.getElementById('workspace')?.dataset.shownTask;"
         " return s && s !== previous && s !== 'waiting'; }",
         arg=previous or "",
+        # Generous: on a loaded 2-core machine the first task of a page waits for crops rendered on
+        # their first request and for other projects' jobs in the same server.
+        timeout=60_000,
     )
     return page.get_attribute("#workspace", "data-shown-task")
 
