@@ -178,15 +178,23 @@ def log_in(page: Any, username: str, password: str, next_path: str = "/") -> Non
 def shown_task(page: Any, previous: str | None = None) -> str:
     """Wait until the page has fully drawn a task other than `previous`; return its id (or the name
     of the message shown instead: 'done'); 'waiting' (for the server) is a passing state."""
-    page.wait_for_function(
-        # The workspace may not exist yet while the page is still loading after a redirect.
-        "previous => { const s = document.getElementById('workspace')?.dataset.shownTask;"
-        " return s && s !== previous && s !== 'waiting'; }",
-        arg=previous or "",
-        # Generous: on a loaded 2-core machine the first task of a page waits for crops rendered on
-        # their first request and for other projects' jobs in the same server.
-        timeout=60_000,
-    )
+    try:
+        page.wait_for_function(
+            # The workspace may not exist yet while the page is still loading after a redirect.
+            "previous => { const s = document.getElementById('workspace')?.dataset.shownTask;"
+            " return s && s !== previous && s !== 'waiting'; }",
+            arg=previous or "",
+            # Generous: on a loaded 2-core machine the first task of a page waits for crops rendered
+            # on their first request and for other projects' jobs in the same server.
+            timeout=60_000,
+        )
+    except Exception:
+        state = page.evaluate(
+            "() => ({url: location.href, shown: document.getElementById('workspace')?.dataset.shownTask,"
+            " message: document.getElementById('message')?.innerText,"
+            " images: [...document.querySelectorAll('img')].map(i => [i.src, i.complete, i.naturalWidth])})"
+        )
+        raise AssertionError(f"no new task shown after {previous!r}; page state: {state}") from None
     return page.get_attribute("#workspace", "data-shown-task")
 
 

@@ -35,11 +35,13 @@ def test_log_in_and_annotate_a_whole_project_by_keyboard(site: Site, new_page: A
     page = new_page()
     page.goto(f"/projects/{project_id}/annotate")
     page.wait_for_url(lambda url: "/login?next=" in url)
-    page.keyboard.type("alice")  # the username field has the focus
+    page.wait_for_function("document.activeElement?.name === 'username'")  # autofocus, no click
+    page.keyboard.type("alice")
     page.keyboard.press("Tab")
     page.keyboard.type("alice-password")
     page.keyboard.press("Enter")
-    page.wait_for_url(lambda url: url.endswith(f"/projects/{project_id}/annotate"))
+    # "/login?next=/projects/N/annotate" ends like the target too: wait until we have left the login.
+    page.wait_for_url(lambda url: "/login" not in url and url.endswith(f"/projects/{project_id}/annotate"))
 
     expected: dict[int, tuple[str, tuple[str, str] | None, list[str]]] = {}
     previous = None
