@@ -130,3 +130,26 @@ def unused_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def production_settings(
+    postgres_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> tuple[Settings, dict[str, str]]:
+    """Settings for production mode on a freshly emptied test database, and the environment that gives
+    a `dspo worker` subprocess the same settings."""
+    _truncate_postgres(postgres_url)
+    settings = Settings(
+        database_url=postgres_url,
+        broker_url=redis_url,
+        redis_key_prefix=redis_prefix,
+        storage_root=tmp_path / "blobs",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    env = {
+        **os.environ,
+        "DSPO_DATABASE_URL": postgres_url,
+        "DSPO_BROKER_URL": redis_url,
+        "DSPO_REDIS_KEY_PREFIX": redis_prefix,
+        "DSPO_STORAGE_ROOT": str(settings.storage_root),
+    }
+    return settings, env

@@ -20,7 +20,7 @@ from dspo.cli import ensure_user
 from dspo.dataset_format import verify_dataset
 from dspo.models import Dataset, Job, Source
 from dspo.runtime import Runtime
-from dspo.settings import Settings
+from tests.conftest import production_settings
 from tests.datasets.helpers import make_project, tasks, users, vote_all
 from tests.helpers import login
 
@@ -31,23 +31,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 def worker(
     postgres_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> Iterator[tuple[Runtime, subprocess.Popen]]:
-    from tests.conftest import _truncate_postgres
-
-    _truncate_postgres(postgres_url)
-    settings = Settings(
-        database_url=postgres_url,
-        broker_url=redis_url,
-        redis_key_prefix=redis_prefix,
-        storage_root=tmp_path / "blobs",
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    env = {
-        **os.environ,
-        "DSPO_DATABASE_URL": postgres_url,
-        "DSPO_BROKER_URL": redis_url,
-        "DSPO_REDIS_KEY_PREFIX": redis_prefix,
-        "DSPO_STORAGE_ROOT": str(settings.storage_root),
-    }
+    settings, env = production_settings(postgres_url, redis_url, redis_prefix, tmp_path)
     log = (tmp_path / "worker.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "dspo.cli", "worker", "--concurrency", "1", "--pool", "prefork"],

@@ -1,6 +1,5 @@
 """The same jobs on a real Celery worker over Redis, against PostgreSQL (production mode)."""
 
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from annotation_server.main import create_app
 from dspo.cli import ensure_user
 from dspo.runtime import Runtime
 from dspo.settings import Settings
+from tests.conftest import production_settings
 from tests.helpers import login, png_bytes, wait_for_jobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -21,23 +21,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 @pytest.fixture
 def production(postgres_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[Settings]:
-    from tests.conftest import _truncate_postgres
-
-    _truncate_postgres(postgres_url)
-    settings = Settings(
-        database_url=postgres_url,
-        broker_url=redis_url,
-        redis_key_prefix=redis_prefix,
-        storage_root=tmp_path / "blobs",
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    env = {
-        **os.environ,
-        "DSPO_DATABASE_URL": postgres_url,
-        "DSPO_BROKER_URL": redis_url,
-        "DSPO_REDIS_KEY_PREFIX": redis_prefix,
-        "DSPO_STORAGE_ROOT": str(settings.storage_root),
-    }
+    settings, env = production_settings(postgres_url, redis_url, redis_prefix, tmp_path)
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(
         [sys.executable, "-m", "dspo.cli", "worker", "--concurrency", "2", "--pool", "threads"],
