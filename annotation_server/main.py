@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from annotation_server import web
+from annotation_server.deps import TokenCache
 from annotation_server.routes import auth, datasets, images, jobs, models, projects, tasks, users
 from dspo import jobs as job_layer
 from dspo.runtime import Runtime
@@ -34,6 +35,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.token_cache = TokenCache(runtime.settings.token_cache_seconds)
     api = APIRouter(prefix="/api/v1")
     for module in (auth, users, projects, jobs, tasks, images, datasets, models):
         api.include_router(module.router)

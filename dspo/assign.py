@@ -5,6 +5,10 @@ leases; a lease reserves one slot for one annotator until it expires, so that tw
 fill the same last slot. `next` locks the task row it picks (FOR UPDATE SKIP LOCKED on PostgreSQL;
 SQLite serialises writers with BEGIN IMMEDIATE), so the slot check and the lease are one atomic step.
 Lock order is always lease rows before task rows, so reclaiming, voting and releasing cannot deadlock.
+
+`next` and `vote` are what every annotator calls in a loop, so they are written as a handful of Core
+statements on the tables (no ORM unit of work): a few round trips per request is what makes the loop
+fast. The rarer paths (undo, replays, release) use the ORM.
 """
 
 import hashlib
@@ -12,18 +16,40 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy import Row, String, cast, delete, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from dspo.errors import Conflict, InvalidInput, NotFound
-from dspo.models import Candidate, Lease, Project, Task, Vote, VoteRevision
+from dspo.models import Candidate, Instance, Lease, Project, Source, Task, Vote, VoteRevision
 
 COUNTED_OUTCOMES = ("pick", "tie", "all_bad")
 OUTCOMES = (*COUNTED_OUTCOMES, "skip")
 # How long after an answer its annotator may still replace it (undo). Longer than the page offers
 # undo for, so that a replacement that waited in the browser during a short outage still goes in.
 REPLACE_GRACE = timedelta(minutes=10)
+
+tasks, leases, votes = Task.__table__, Lease.__table__, Vote.__table__
+projects, sources, instances, candidates = (
+    Project.__table__,
+    Source.__table__,
+    Instance.__table__,
+    Candidate.__table__,
+)
+
+# The candidate ids of a task's source as one "3,1,2" string (order undefined), so that one statement
+# returns a task with its candidates on both backends (string_agg / group_concat).
+CANDIDATE_IDS = (
+    select(func.aggregate_strings(cast(candidates.c.id, String), ","))
+    .where(candidates.c.source_id == tasks.c.source_id)
+    .scalar_subquery()
+    .label("candidate_ids")
+)
+
+
+def _ids(joined: str | None) -> list[int]:
+    return sorted(int(x) for x in joined.split(",")) if joined else []
 
 
 @dataclass
@@ -37,6 +63,22 @@ class VoteInput:
     lead_time_ms: int | None = None
 
 
+@dataclass(frozen=True)
+class LeasedTask:
+    """What the annotator needs to see a leased task: the task, where it sits, and its candidates."""
+
+    id: int
+    project_id: int
+    source_id: int
+    instance_id: int | None
+    kind: str
+    lease_expires_at: datetime
+    instructions: str
+    image_size: tuple[int, int]  # of the upsampled image, which candidates and boxes refer to
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the instance; the whole image for image tasks
+    candidate_ids: list[int]  # sorted
+
+
 def shown_order(task_id: int, user_id: int, candidate_ids: list[int]) -> list[int]:
     """The candidates in an order shuffled for this annotator and task, the same on every call."""
     seed = hashlib.sha256(f"{task_id}:{user_id}".encode()).digest()
@@ -46,81 +88,130 @@ def shown_order(task_id: int, user_id: int, candidate_ids: list[int]) -> list[in
 
 
 def candidate_ids(session: Session, source_id: int) -> list[int]:
-    stmt = select(Candidate.id).where(Candidate.source_id == source_id).order_by(Candidate.position)
+    stmt = select(candidates.c.id).where(candidates.c.source_id == source_id).order_by(candidates.c.position)
     return list(session.scalars(stmt))
 
 
 def reclaim_expired_leases(session: Session, now: datetime) -> int:
     """Free the slots of leases that ran out; each expired lease is freed exactly once."""
-    task_ids = session.scalars(delete(Lease).where(Lease.expires_at < now).returning(Lease.task_id)).all()
+    task_ids = session.scalars(
+        delete(leases).where(leases.c.expires_at < now).returning(leases.c.task_id)
+    ).all()
     for task_id, n in sorted(Counter(task_ids).items()):
-        session.execute(update(Task).where(Task.id == task_id).values(slots_taken=Task.slots_taken - n))
+        session.execute(
+            update(tasks).where(tasks.c.id == task_id).values(slots_taken=tasks.c.slots_taken - n)
+        )
     return len(task_ids)
+
+
+def _held_leases(
+    session: Session, *, project_id: int, user_id: int, now: datetime, limit: int
+) -> list[LeasedTask]:
+    """The annotator's live leases in the project, oldest first, with everything the view needs."""
+    stmt = (
+        select(
+            tasks.c.id,
+            tasks.c.project_id,
+            tasks.c.source_id,
+            tasks.c.instance_id,
+            tasks.c.kind,
+            leases.c.expires_at,
+            projects.c.instructions,
+            projects.c.scale,
+            sources.c.width,
+            sources.c.height,
+            instances.c.x0,
+            instances.c.y0,
+            instances.c.x1,
+            instances.c.y1,
+            CANDIDATE_IDS,
+        )
+        .select_from(leases)
+        .join(tasks, tasks.c.id == leases.c.task_id)
+        .join(projects, projects.c.id == tasks.c.project_id)
+        .join(sources, sources.c.id == tasks.c.source_id)
+        .outerjoin(instances, instances.c.id == tasks.c.instance_id)
+        .where(leases.c.user_id == user_id, tasks.c.project_id == project_id, leases.c.expires_at >= now)
+        .order_by(leases.c.id)
+        .limit(limit)
+    )
+    held = []
+    for row in session.execute(stmt):
+        size = (row.width * row.scale, row.height * row.scale)
+        held.append(
+            LeasedTask(
+                id=row.id,
+                project_id=row.project_id,
+                source_id=row.source_id,
+                instance_id=row.instance_id,
+                kind=row.kind,
+                lease_expires_at=row.expires_at,
+                instructions=row.instructions,
+                image_size=size,
+                box=(row.x0, row.y0, row.x1, row.y1) if row.instance_id is not None else (0, 0, *size),
+                candidate_ids=_ids(row.candidate_ids),
+            )
+        )
+    return held
 
 
 def next_task(
     session: Session, *, project_id: int, user_id: int, now: datetime, lease_seconds: int, position: int = 0
-) -> tuple[Task, Lease] | None:
+) -> LeasedTask | None:
     """The annotator's live leases in this project form a queue, oldest first; return the one at
     `position`, leasing new tasks (the first open ones with a free slot that they have neither
     answered, skipped nor leased) until the queue is that long; None when there are not enough.
 
     Position 0 is the task to show now (the same one until it is answered); position 1 lets the web
     page lease and preload the task after it, so that the next task appears without a round trip."""
-    held = session.execute(
-        select(Task, Lease)
-        .join(Lease, Lease.task_id == Task.id)
-        .where(Lease.user_id == user_id, Task.project_id == project_id, Lease.expires_at >= now)
-        .order_by(Lease.id)
-        .limit(position + 1)
-    ).all()
+    held = _held_leases(session, project_id=project_id, user_id=user_id, now=now, limit=position + 1)
     if len(held) > position:
-        task, lease = held[position]
-        return task, lease
+        return held[position]
 
     reclaim_expired_leases(session, now)
-    picked = None
+    expires_at = now + timedelta(seconds=lease_seconds)
     for _ in range(position + 1 - len(held)):
-        picked = _lease_new(session, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds)
-        if picked is None:
+        if not _lease_new(session, project_id=project_id, user_id=user_id, now=now, expires_at=expires_at):
             return None
-    return picked
+    held = _held_leases(session, project_id=project_id, user_id=user_id, now=now, limit=position + 1)
+    return held[position]
 
 
 def _lease_new(
-    session: Session, *, project_id: int, user_id: int, now: datetime, seconds: int
-) -> tuple[Task, Lease] | None:
-    answered = exists().where(Vote.task_id == Task.id, Vote.user_id == user_id)
-    leased = exists().where(Lease.task_id == Task.id, Lease.user_id == user_id)
+    session: Session, *, project_id: int, user_id: int, now: datetime, expires_at: datetime
+) -> bool:
+    answered = exists().where(votes.c.task_id == tasks.c.id, votes.c.user_id == user_id)
+    leased = exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == user_id)
     stmt = (
-        select(Task)
+        select(tasks.c.id)
         .where(
-            Task.project_id == project_id,
-            Task.state == "open",
-            Task.slots_taken < Task.required_votes,
+            tasks.c.project_id == project_id,
+            tasks.c.state == "open",
+            tasks.c.slots_taken < tasks.c.required_votes,
             ~answered,
             ~leased,
         )
-        .order_by(Task.id)
+        .order_by(tasks.c.id)
         .limit(1)
     )
     if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True, of=Task)
-    task = session.scalars(stmt).first()
-    if task is None:
-        return None
-    lease = Lease(task_id=task.id, user_id=user_id, expires_at=now + timedelta(seconds=seconds))
-    session.add(lease)
-    session.execute(update(Task).where(Task.id == task.id).values(slots_taken=Task.slots_taken + 1))
-    session.flush()
-    session.refresh(task)
-    return task, lease
+        stmt = stmt.with_for_update(skip_locked=True, of=tasks)
+    task_id = session.scalar(stmt)
+    if task_id is None:
+        return False
+    session.execute(update(tasks).where(tasks.c.id == task_id).values(slots_taken=tasks.c.slots_taken + 1))
+    session.execute(
+        insert(leases).values(task_id=task_id, user_id=user_id, expires_at=expires_at, created_at=now)
+    )
+    return True
 
 
 def _take_lease(session: Session, task_id: int, user_id: int) -> bool:
     """Delete this annotator's lease on the task; True if there was one (expired or not: an expired
     lease that was not reclaimed yet still holds its slot)."""
-    stmt = delete(Lease).where(Lease.task_id == task_id, Lease.user_id == user_id).returning(Lease.id)
+    stmt = (
+        delete(leases).where(leases.c.task_id == task_id, leases.c.user_id == user_id).returning(leases.c.id)
+    )
     return session.scalars(stmt).first() is not None
 
 
@@ -157,18 +248,18 @@ def find_replay(session: Session, *, task_id: int, user_id: int, data: VoteInput
     return previous
 
 
-def _replay_or_conflict(session: Session, *, task_id: int, user_id: int, data: VoteInput) -> Vote | None:
-    """One look at this annotator's votes that matter here: the one this submission id produced (a
-    replay), or another answer to the same task (a Conflict)."""
+def earlier_answer(session: Session, *, task_id: int, user_id: int, data: VoteInput) -> Vote | None:
+    """After a submission failed: the vote this submission id produced before (a replay, to be
+    answered with that vote), a Conflict if the annotator already answered the task otherwise or used
+    the id for another answer, or None when neither explains the failure."""
     stmt = select(Vote).where(
         Vote.user_id == user_id,
         or_(Vote.client_submission_id == data.client_submission_id, Vote.task_id == task_id),
     )
-    votes = session.scalars(stmt).all()
-    for vote in votes:
-        if vote.client_submission_id == data.client_submission_id:
-            return find_replay(session, task_id=task_id, user_id=user_id, data=data)
-    for vote in votes:
+    found = session.scalars(stmt).all()
+    if any(vote.client_submission_id == data.client_submission_id for vote in found):
+        return find_replay(session, task_id=task_id, user_id=user_id, data=data)
+    for vote in found:
         raise Conflict(f"you already answered task {task_id} (vote {vote.id}, {vote.outcome})")
     return None
 
@@ -189,72 +280,90 @@ def _validate(data: VoteInput, candidates: list[int]) -> None:
         raise InvalidInput(f"a {data.outcome!r} answer names no best or worst candidate")
 
 
-def _check_texts(project: Project, data: VoteInput) -> None:
+def _check_texts(require_content: bool, require_defect: bool, data: VoteInput) -> None:
     """The project's text requirements: content for every answer, defect for a pick (it has a worst)."""
-    if project.require_content and data.outcome in COUNTED_OUTCOMES and not data.content_text.strip():
+    if require_content and data.outcome in COUNTED_OUTCOMES and not data.content_text.strip():
         raise InvalidInput("this project needs content_text: say what the region really shows")
-    if project.require_defect and data.outcome == "pick" and not data.defect_text.strip():
+    if require_defect and data.outcome == "pick" and not data.defect_text.strip():
         raise InvalidInput("this project needs defect_text: say what is wrong in the worst candidate")
 
 
-def _task_and_project(session: Session, task_id: int) -> tuple[Task, Project]:
-    row = session.execute(
-        select(Task, Project).join(Project, Project.id == Task.project_id).where(Task.id == task_id)
-    ).first()
+def _lock_task_for_vote(session: Session, task_id: int) -> Row[Any]:
+    """The task's counters, its project's text requirements and its candidates, the task row locked."""
+    stmt = (
+        select(
+            tasks.c.source_id,
+            tasks.c.required_votes,
+            tasks.c.vote_count,
+            tasks.c.slots_taken,
+            projects.c.require_content,
+            projects.c.require_defect,
+            CANDIDATE_IDS,
+        )
+        .join(projects, projects.c.id == tasks.c.project_id)
+        .where(tasks.c.id == task_id)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=tasks)
+    row = session.execute(stmt).first()
     if row is None:
         raise NotFound(f"task {task_id} does not exist")
-    task, project = row
-    return task, project
+    return row
 
 
-def submit_vote(
-    session: Session, *, task_id: int, user_id: int, data: VoteInput, now: datetime
-) -> tuple[Vote, bool]:
-    """Record an answer (or a skip); returns the vote and whether it is new. Idempotent by
-    client_submission_id (a replay returns the first vote, not new); a different second answer by the
-    same annotator on the same task is a Conflict. A copy of a submission that races its original to
-    the insert fails on the unique constraints: the caller rolls back and looks for the replay."""
-    replay = _replay_or_conflict(session, task_id=task_id, user_id=user_id, data=data)
-    if replay is not None:
-        return replay, False
-    task, project = _task_and_project(session, task_id)
-    candidates = candidate_ids(session, task.source_id)
-    _validate(data, candidates)
-    _check_texts(project, data)
+def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput, now: datetime) -> Row[Any]:
+    """Record an answer (or a skip) and return the new vote row.
 
+    Replays are found after the fact: a submission id used before, or a second answer to the same
+    task, fails here on the unique constraints of votes (or on the slot check, if the task filled up
+    since); the caller rolls back and asks `earlier_answer` whether it was a replay (answer with the
+    first vote) or a conflict. Checking first would cost every vote a query that almost never finds
+    anything."""
     had_lease = _take_lease(session, task_id, user_id)
-    task = _lock_task(session, task_id)
-    slots = task.slots_taken
+    task = _lock_task_for_vote(session, task_id)
+    ids = _ids(task.candidate_ids)
+    _validate(data, ids)
+    _check_texts(task.require_content, task.require_defect, data)
+
+    slots, count = task.slots_taken, task.vote_count
     if data.outcome == "skip":
         slots -= 1 if had_lease else 0
     elif not had_lease:
-        if task.slots_taken >= task.required_votes:
+        if slots >= task.required_votes:
             raise Conflict(
                 f"task {task_id} has no free slot: your lease expired and others filled it; "
                 "ask for the next task"
             )
         slots += 1
-    vote = Vote(
-        task_id=task_id,
-        user_id=user_id,
-        outcome=data.outcome,
-        best_candidate_id=data.best_candidate_id,
-        worst_candidate_id=data.worst_candidate_id,
-        content_text=data.content_text,
-        defect_text=data.defect_text,
-        shown_order=shown_order(task_id, user_id, candidates),
-        lead_time_ms=data.lead_time_ms,
-        client_submission_id=data.client_submission_id,
-        created_at=now,
-    )
-    session.add(vote)
-    task.slots_taken = slots
     if data.outcome in COUNTED_OUTCOMES:
-        task.vote_count += 1
-        if task.vote_count >= task.required_votes:
-            task.state = "complete"
-    session.flush()
-    return vote, True
+        count += 1
+    vote = session.execute(
+        insert(votes)
+        .values(
+            task_id=task_id,
+            user_id=user_id,
+            outcome=data.outcome,
+            best_candidate_id=data.best_candidate_id,
+            worst_candidate_id=data.worst_candidate_id,
+            content_text=data.content_text,
+            defect_text=data.defect_text,
+            shown_order=shown_order(task_id, user_id, ids),
+            lead_time_ms=data.lead_time_ms,
+            client_submission_id=data.client_submission_id,
+            created_at=now,
+        )
+        .returning(*votes.c)
+    ).one()
+    session.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id)
+        .values(
+            slots_taken=slots,
+            vote_count=count,
+            state="complete" if count >= task.required_votes else "open",
+        )
+    )
+    return vote
 
 
 def replace_vote(
@@ -266,7 +375,7 @@ def replace_vote(
     data: VoteInput,
     now: datetime,
     grace: timedelta = REPLACE_GRACE,
-) -> tuple[Vote, bool]:
+) -> tuple[Vote | Row[Any], bool]:
     """Undo: replace the answer recorded under `replaces_submission_id` by a new one (any outcome, a
     skip included). The vote row keeps its id and takes the new answer; the old one goes to
     vote_revisions. Slots follow the outcome: a counted answer that becomes a skip frees its slot, and
@@ -277,7 +386,7 @@ def replace_vote(
         return replay, False
     stmt = select(Vote).where(Vote.user_id == user_id, Vote.client_submission_id == replaces_submission_id)
     if session.scalars(stmt).first() is None:
-        return submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=now)
+        return submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=now), True
     task = _lock_task(session, task_id)
     # Read again under the task lock: a concurrent replacement of the same vote has finished by now.
     old = session.scalars(stmt.execution_options(populate_existing=True)).first()
@@ -288,7 +397,7 @@ def replace_vote(
     _validate(data, candidate_ids(session, task.source_id))
     project = session.get(Project, task.project_id)
     assert project is not None
-    _check_texts(project, data)
+    _check_texts(project.require_content, project.require_defect, data)
 
     was_counted = old.outcome in COUNTED_OUTCOMES
     counted = data.outcome in COUNTED_OUTCOMES

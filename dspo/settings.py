@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     default_overlap: int = Field(default=3, ge=1, le=20, description="k, votes wanted per task")
     lease_seconds: int = Field(default=300, ge=5, description="how long `next` reserves a task slot")
     token_hours: int = Field(default=24 * 7, ge=1)
+    token_cache_seconds: float = Field(
+        default=10,
+        ge=0,
+        description="how long a server trusts a token it checked (0: ask the database every time)",
+    )
     max_upload_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     inprocess_job_threads: int = 2

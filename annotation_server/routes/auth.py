@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import delete, select
 
-from annotation_server.deps import CurrentUser, RuntimeDep, SessionDep, TokenDep
+from annotation_server.deps import CurrentUser, RuntimeDep, SessionDep, TokenCacheDep, TokenDep
 from annotation_server.schemas import TokenOut, UserOut
 from dspo.db import utcnow
 from dspo.models import ApiToken, User
@@ -30,12 +30,17 @@ def login(
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-def logout(user: CurrentUser, token: TokenDep, session: SessionDep) -> None:
+def logout(user: CurrentUser, token: TokenDep, session: SessionDep, cache: TokenCacheDep) -> None:
     """Revoke the token used for this request."""
-    session.execute(delete(ApiToken).where(ApiToken.token_hash == hash_token(token or "")))
+    token_hash = hash_token(token or "")
+    session.execute(delete(ApiToken).where(ApiToken.token_hash == token_hash))
     session.commit()
+    cache.forget_token(token_hash)
 
 
 @router.get("/me", response_model=UserOut)
-def me(user: CurrentUser) -> User:
-    return user
+def me(user: CurrentUser, session: SessionDep) -> User:
+    row = session.get(User, user.id)
+    if row is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "your user was deleted")
+    return row

@@ -1,49 +1,43 @@
 from datetime import UTC, datetime, time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from sqlalchemy import exists, func, select
+from sqlalchemy import Row, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from annotation_server.deps import CurrentUser, RuntimeDep, SessionDep
+from annotation_server.deps import CurrentUser, Principal, RuntimeDep, SessionDep
 from annotation_server.routes.projects import get_project
 from annotation_server.schemas import CandidateView, ProgressOut, SkipIn, TaskOut, VoteIn, VoteOut
 from dspo import assign
 from dspo.db import utcnow
-from dspo.errors import Conflict, DspoError
-from dspo.models import Instance, Lease, Project, Source, Task, User, Vote
+from dspo.errors import DspoError
+from dspo.models import Task, Vote
 
 router = APIRouter(tags=["annotation"])
 
 LABELS = "ABCDEFGHIJKLMNOP"
 
 
-def task_view(session: Session, task: Task, lease: Lease, user: User) -> TaskOut:
-    project = session.get(Project, task.project_id)
-    source = session.get(Source, task.source_id)
-    assert project is not None and source is not None and source.width and source.height
-    size = (source.width * project.scale, source.height * project.scale)
-    instance = session.get(Instance, task.instance_id) if task.instance_id is not None else None
-    box = (instance.x0, instance.y0, instance.x1, instance.y1) if instance else (0, 0, *size)
-    order = assign.shown_order(task.id, user.id, assign.candidate_ids(session, task.source_id))
+def task_view(task: assign.LeasedTask, user_id: int) -> TaskOut:
     base = f"/api/v1/images/tasks/{task.id}"
+    order = assign.shown_order(task.id, user_id, task.candidate_ids)
     return TaskOut(
         id=task.id,
         project_id=task.project_id,
         source_id=task.source_id,
         instance_id=task.instance_id,
         kind=task.kind,  # type: ignore[arg-type]
-        box=box,
-        image_size=size,
+        box=task.box,
+        image_size=task.image_size,
         lq_url=f"{base}/lq",
-        mask_url=f"/api/v1/images/instances/{instance.id}/mask" if instance else None,
+        mask_url=None if task.instance_id is None else f"/api/v1/images/instances/{task.instance_id}/mask",
         candidates=[
             CandidateView(id=cid, label=LABELS[i], image_url=f"{base}/candidates/{cid}")
             for i, cid in enumerate(order)
         ],
-        lease_expires_at=lease.expires_at,
-        instructions=project.instructions,
+        lease_expires_at=task.lease_expires_at,
+        instructions=task.instructions,
     )
 
 
@@ -62,8 +56,7 @@ def next_task(
     """Lease the next task that needs votes and that you have neither answered nor skipped. While you
     hold a lease you get the same task again. position=1 (2) gives, and leases, the task after that
     one (and the one after it), so that a client can preload them."""
-    get_project(session, project_id)
-    picked = assign.next_task(
+    task = assign.next_task(
         session,
         project_id=project_id,
         user_id=user.id,
@@ -71,69 +64,61 @@ def next_task(
         lease_seconds=runtime.settings.lease_seconds,
         position=position,
     )
-    if picked is None:
-        session.commit()
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-    task, lease = picked
-    view = task_view(session, task, lease, user)
     session.commit()
-    return view
-
-
-def _replay_after(session: Session, task_id: int, user: User, data: assign.VoteInput) -> Vote | None:
-    try:
-        return assign.find_replay(session, task_id=task_id, user_id=user.id, data=data)
-    except DspoError:
-        return None
+    if task is None:
+        get_project(session, project_id)  # a 404 for a project that does not exist
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return task_view(task, user.id)
 
 
 def _submit(
     session: Session,
     task_id: int,
-    user: User,
+    user: Principal,
     data: assign.VoteInput,
     response: Response,
     replaces: str | None = None,
-) -> Vote:
+) -> Vote | Row[Any]:
+    vote: Vote | Row[Any] | None
     try:
-        try:
-            if replaces:
-                vote, created = assign.replace_vote(
-                    session,
-                    task_id=task_id,
-                    user_id=user.id,
-                    replaces_submission_id=replaces,
-                    data=data,
-                    now=utcnow(),
-                )
-            else:
-                vote, created = assign.submit_vote(
-                    session, task_id=task_id, user_id=user.id, data=data, now=utcnow()
-                )
-            session.commit()
-        except IntegrityError:
-            # A copy of this submission (a client retry) committed first: answer as its replay.
-            session.rollback()
-            vote, created = assign.find_replay(session, task_id=task_id, user_id=user.id, data=data), False
-            if vote is None:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT, f"you already answered task {task_id}"
-                ) from None
-    except DspoError as exc:
+        if replaces:
+            vote, created = assign.replace_vote(
+                session,
+                task_id=task_id,
+                user_id=user.id,
+                replaces_submission_id=replaces,
+                data=data,
+                now=utcnow(),
+            )
+        else:
+            now = utcnow()
+            vote, created = (
+                assign.submit_vote(session, task_id=task_id, user_id=user.id, data=data, now=now),
+                True,
+            )
+        session.commit()
+    except (DspoError, IntegrityError) as failure:
+        # A replayed submission (a client retry, maybe racing its original) or a second answer to the
+        # same task fails on the unique constraints of votes or on the slot check: say which, and
+        # answer a replay with the vote it made.
         session.rollback()
-        # A conflict seen while a copy of this very submission committed (a retry racing its original
-        # on PostgreSQL) is that copy's replay, not a conflict.
-        replay = _replay_after(session, task_id, user, data) if isinstance(exc, Conflict) else None
-        if replay is None:
-            raise HTTPException(exc.status_code, exc.message) from None
-        vote, created = replay, False
+        try:
+            vote, created = assign.earlier_answer(session, task_id=task_id, user_id=user.id, data=data), False
+        except DspoError as conflict:
+            raise HTTPException(conflict.status_code, conflict.message) from None
+        if vote is None:
+            if isinstance(failure, DspoError):
+                raise HTTPException(failure.status_code, failure.message) from None
+            raise
     if not created:
         response.status_code = status.HTTP_200_OK
     return vote
 
 
 @router.post("/tasks/{task_id}/vote", response_model=VoteOut, status_code=status.HTTP_201_CREATED)
-def vote(task_id: int, body: VoteIn, user: CurrentUser, session: SessionDep, response: Response) -> Vote:
+def vote(
+    task_id: int, body: VoteIn, user: CurrentUser, session: SessionDep, response: Response
+) -> Vote | Row[Any]:
     """Answer a task: best and worst (pick), tie, all_bad or skip. 201 when recorded, 200 when this
     client_submission_id was recorded before (a safe retry), 409 for a different second answer. With
     replaces_submission_id it replaces your earlier answer (undo), which stays in the history."""
@@ -142,7 +127,9 @@ def vote(task_id: int, body: VoteIn, user: CurrentUser, session: SessionDep, res
 
 
 @router.post("/tasks/{task_id}/skip", response_model=VoteOut, status_code=status.HTTP_201_CREATED)
-def skip(task_id: int, body: SkipIn, user: CurrentUser, session: SessionDep, response: Response) -> Vote:
+def skip(
+    task_id: int, body: SkipIn, user: CurrentUser, session: SessionDep, response: Response
+) -> Vote | Row[Any]:
     """Skip a task: it is never offered to you again and does not count towards its votes."""
     data = assign.VoteInput(outcome="skip", client_submission_id=body.client_submission_id)
     return _submit(session, task_id, user, data, response)

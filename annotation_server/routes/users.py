@@ -2,7 +2,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from annotation_server.deps import AdminUser, SessionDep
+from annotation_server.deps import AdminUser, SessionDep, TokenCacheDep
 from annotation_server.schemas import UserCreate, UserOut, UserUpdate
 from dspo.models import User
 from dspo.security import hash_password
@@ -39,7 +39,9 @@ def get_user(user_id: int, _: AdminUser, session: SessionDep) -> User:
 
 
 @router.patch("/{user_id}", response_model=UserOut)
-def update_user(user_id: int, body: UserUpdate, admin: AdminUser, session: SessionDep) -> User:
+def update_user(
+    user_id: int, body: UserUpdate, admin: AdminUser, session: SessionDep, cache: TokenCacheDep
+) -> User:
     user = _get_user(session, user_id)
     if user.id == admin.id and (body.role == "annotator" or body.is_active is False):
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot demote or deactivate yourself")
@@ -50,4 +52,5 @@ def update_user(user_id: int, body: UserUpdate, admin: AdminUser, session: Sessi
     if body.is_active is not None:
         user.is_active = body.is_active
     session.commit()
+    cache.forget_user(user.id)
     return user

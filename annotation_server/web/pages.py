@@ -18,8 +18,10 @@ from annotation_server.deps import (
     SESSION_COOKIE,
     AdminUser,
     CurrentUser,
+    Principal,
     RuntimeDep,
     SessionDep,
+    TokenCacheDep,
     csrf_token_for,
     user_for_token,
 )
@@ -56,23 +58,23 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def page_user(request: Request, session: SessionDep) -> User:
-    user = user_for_token(session, request.cookies.get(SESSION_COOKIE) or "")
+def page_user(request: Request, session: SessionDep, cache: TokenCacheDep) -> Principal:
+    user = user_for_token(session, cache, request.cookies.get(SESSION_COOKIE) or "")
     if user is None:
         raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     return user
 
 
-PageUser = Annotated[User, Depends(page_user)]
+PageUser = Annotated[Principal, Depends(page_user)]
 
 
-def page_admin(user: PageUser) -> User:
+def page_admin(user: PageUser) -> Principal:
     if user.role != "admin":
         raise PageError("This page is for admins. Your account is an annotator account.")
     return user
 
 
-PageAdmin = Annotated[User, Depends(page_admin)]
+PageAdmin = Annotated[Principal, Depends(page_admin)]
 
 
 def _local_path(path: str) -> str:
@@ -124,10 +126,11 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, _: CurrentUser, session: SessionDep) -> RedirectResponse:
-    token = request.cookies.get(SESSION_COOKIE) or ""
-    session.execute(delete(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+def logout(request: Request, _: CurrentUser, session: SessionDep, cache: TokenCacheDep) -> RedirectResponse:
+    token_hash = hash_token(request.cookies.get(SESSION_COOKIE) or "")
+    session.execute(delete(ApiToken).where(ApiToken.token_hash == token_hash))
     session.commit()
+    cache.forget_token(token_hash)
     response = RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
