@@ -7,16 +7,18 @@ of that session (header X-CSRF-Token, or form field csrf_token); bearer tokens n
 browser adds them on its own.
 
 Tokens checked in the last few seconds are answered from memory (`TokenCache`), which saves annotators'
-requests a database round trip each."""
+requests a database round trip each. Dependencies that do no I/O are `async def`: FastAPI runs a plain
+`def` dependency in its thread pool, and each such hop costs more than the work itself."""
 
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,16 +37,24 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_session(runtime: RuntimeDep) -> Iterator[Session]:
-    with runtime.sessions() as session:
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
+    """A session for the request. Opening one does no I/O; closing one that is still in a transaction
+    (an error, or a read that did not commit) rolls back over the network, so that runs in a thread."""
+    session = runtime.sessions()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -112,19 +122,20 @@ class TokenCache:
                 self._entries.pop(token_hash, None)
 
 
-def get_token_cache(request: Request) -> TokenCache:
+async def get_token_cache(request: Request) -> TokenCache:
     return request.app.state.token_cache
 
 
 TokenCacheDep = Annotated[TokenCache, Depends(get_token_cache)]
 
 
-def user_for_token(session: Session, cache: TokenCache, token: str) -> Principal | None:
-    """The active user this unexpired token belongs to, or None."""
+async def user_for_token(session: Session, cache: TokenCache, token: str) -> Principal | None:
+    """The active user this unexpired token belongs to, or None; from the cache, or else the database."""
     token_hash = hash_token(token)
-    principal = cache.get(token_hash)
-    if principal is not None:
-        return principal
+    return cache.get(token_hash) or await run_in_threadpool(_load_principal, session, cache, token_hash)
+
+
+def _load_principal(session: Session, cache: TokenCache, token_hash: str) -> Principal | None:
     row = session.execute(
         select(ApiToken.expires_at, User.id, User.username, User.role, User.is_active)
         .join(User, User.id == ApiToken.user_id)
@@ -137,7 +148,7 @@ def user_for_token(session: Session, cache: TokenCache, token: str) -> Principal
     return principal
 
 
-def get_current_user(
+async def get_current_user(
     request: Request,
     session: SessionDep,
     runtime: RuntimeDep,
@@ -151,7 +162,7 @@ def get_current_user(
         headers={"WWW-Authenticate": "Bearer"},
     )
     cookie = request.cookies.get(SESSION_COOKIE)
-    user = user_for_token(session, cache, token or cookie or "") if token or cookie else None
+    user = await user_for_token(session, cache, token or cookie or "") if token or cookie else None
     if user is None:
         raise unauthorized
     if not token and request.method not in SAFE_METHODS:
@@ -166,7 +177,7 @@ def get_current_user(
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
 
-def get_admin(user: CurrentUser) -> Principal:
+async def get_admin(user: CurrentUser) -> Principal:
     if user.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs the admin role")
     return user

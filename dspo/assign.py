@@ -18,7 +18,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, String, cast, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Row,
+    String,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from dspo.errors import Conflict, InvalidInput, NotFound
@@ -92,15 +105,100 @@ def candidate_ids(session: Session, source_id: int) -> list[int]:
     return list(session.scalars(stmt))
 
 
+# The statements of `next` and `vote`, built once: building and hashing a statement costs about as much
+# CPU as running it. Parameters are bound by name at execution.
+_RECLAIM = delete(leases).where(leases.c.expires_at < bindparam("now")).returning(leases.c.task_id)
+_FREE_SLOTS = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("tid"))
+    .values(slots_taken=tasks.c.slots_taken - bindparam("n", type_=Integer))
+)
+_HELD = (
+    select(
+        tasks.c.id,
+        tasks.c.project_id,
+        tasks.c.source_id,
+        tasks.c.instance_id,
+        tasks.c.kind,
+        leases.c.expires_at,
+        projects.c.instructions,
+        projects.c.scale,
+        sources.c.width,
+        sources.c.height,
+        instances.c.x0,
+        instances.c.y0,
+        instances.c.x1,
+        instances.c.y1,
+        CANDIDATE_IDS,
+    )
+    .select_from(leases)
+    .join(tasks, tasks.c.id == leases.c.task_id)
+    .join(projects, projects.c.id == tasks.c.project_id)
+    .join(sources, sources.c.id == tasks.c.source_id)
+    .outerjoin(instances, instances.c.id == tasks.c.instance_id)
+    .where(
+        leases.c.user_id == bindparam("user_id"),
+        tasks.c.project_id == bindparam("project_id"),
+        leases.c.expires_at >= bindparam("now"),
+    )
+    .order_by(leases.c.id)
+    .limit(bindparam("limit", type_=Integer))
+)
+_PICK = (
+    select(tasks.c.id)
+    .where(
+        tasks.c.project_id == bindparam("project_id"),
+        tasks.c.state == "open",
+        tasks.c.slots_taken < tasks.c.required_votes,
+        ~exists().where(votes.c.task_id == tasks.c.id, votes.c.user_id == bindparam("user_id")),
+        ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id")),
+    )
+    .order_by(tasks.c.id)
+    .limit(1)
+)
+# PostgreSQL: concurrent `next` calls pass over each other's rows instead of queueing on them.
+_PICK_SKIP_LOCKED = _PICK.with_for_update(skip_locked=True, of=tasks)
+_TAKE_SLOT = update(tasks).where(tasks.c.id == bindparam("tid")).values(slots_taken=tasks.c.slots_taken + 1)
+_LEASE = insert(leases)
+_TASK_FOR_VOTE = (
+    select(
+        tasks.c.required_votes,
+        tasks.c.vote_count,
+        tasks.c.slots_taken,
+        projects.c.require_content,
+        projects.c.require_defect,
+        CANDIDATE_IDS,
+    )
+    .join(projects, projects.c.id == tasks.c.project_id)
+    .where(tasks.c.id == bindparam("tid"))
+)
+_TASK_FOR_VOTE_LOCKED = _TASK_FOR_VOTE.with_for_update(of=tasks)
+_TAKE_LEASE = (
+    delete(leases)
+    .where(leases.c.task_id == bindparam("tid"), leases.c.user_id == bindparam("user_id"))
+    .returning(leases.c.id)
+)
+_INSERT_VOTE = insert(votes).returning(*votes.c)
+_COUNT_VOTE = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("tid"))
+    .values(
+        slots_taken=bindparam("new_slots", type_=Integer),
+        vote_count=bindparam("new_count", type_=Integer),
+        state=bindparam("new_state", type_=String),
+    )
+)
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def reclaim_expired_leases(session: Session, now: datetime) -> int:
     """Free the slots of leases that ran out; each expired lease is freed exactly once."""
-    task_ids = session.scalars(
-        delete(leases).where(leases.c.expires_at < now).returning(leases.c.task_id)
-    ).all()
+    task_ids = session.scalars(_RECLAIM, {"now": now}).all()
     for task_id, n in sorted(Counter(task_ids).items()):
-        session.execute(
-            update(tasks).where(tasks.c.id == task_id).values(slots_taken=tasks.c.slots_taken - n)
-        )
+        session.execute(_FREE_SLOTS, {"tid": task_id, "n": n})
     return len(task_ids)
 
 
@@ -108,35 +206,9 @@ def _held_leases(
     session: Session, *, project_id: int, user_id: int, now: datetime, limit: int
 ) -> list[LeasedTask]:
     """The annotator's live leases in the project, oldest first, with everything the view needs."""
-    stmt = (
-        select(
-            tasks.c.id,
-            tasks.c.project_id,
-            tasks.c.source_id,
-            tasks.c.instance_id,
-            tasks.c.kind,
-            leases.c.expires_at,
-            projects.c.instructions,
-            projects.c.scale,
-            sources.c.width,
-            sources.c.height,
-            instances.c.x0,
-            instances.c.y0,
-            instances.c.x1,
-            instances.c.y1,
-            CANDIDATE_IDS,
-        )
-        .select_from(leases)
-        .join(tasks, tasks.c.id == leases.c.task_id)
-        .join(projects, projects.c.id == tasks.c.project_id)
-        .join(sources, sources.c.id == tasks.c.source_id)
-        .outerjoin(instances, instances.c.id == tasks.c.instance_id)
-        .where(leases.c.user_id == user_id, tasks.c.project_id == project_id, leases.c.expires_at >= now)
-        .order_by(leases.c.id)
-        .limit(limit)
-    )
+    params = {"user_id": user_id, "project_id": project_id, "now": now, "limit": limit}
     held = []
-    for row in session.execute(stmt):
+    for row in session.execute(_HELD, params):
         size = (row.width * row.scale, row.height * row.scale)
         held.append(
             LeasedTask(
@@ -180,28 +252,13 @@ def next_task(
 def _lease_new(
     session: Session, *, project_id: int, user_id: int, now: datetime, expires_at: datetime
 ) -> bool:
-    answered = exists().where(votes.c.task_id == tasks.c.id, votes.c.user_id == user_id)
-    leased = exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == user_id)
-    stmt = (
-        select(tasks.c.id)
-        .where(
-            tasks.c.project_id == project_id,
-            tasks.c.state == "open",
-            tasks.c.slots_taken < tasks.c.required_votes,
-            ~answered,
-            ~leased,
-        )
-        .order_by(tasks.c.id)
-        .limit(1)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True, of=tasks)
-    task_id = session.scalar(stmt)
+    pick = _PICK_SKIP_LOCKED if _postgres(session) else _PICK
+    task_id = session.scalar(pick, {"project_id": project_id, "user_id": user_id})
     if task_id is None:
         return False
-    session.execute(update(tasks).where(tasks.c.id == task_id).values(slots_taken=tasks.c.slots_taken + 1))
+    session.execute(_TAKE_SLOT, {"tid": task_id})
     session.execute(
-        insert(leases).values(task_id=task_id, user_id=user_id, expires_at=expires_at, created_at=now)
+        _LEASE, {"task_id": task_id, "user_id": user_id, "expires_at": expires_at, "created_at": now}
     )
     return True
 
@@ -209,15 +266,12 @@ def _lease_new(
 def _take_lease(session: Session, task_id: int, user_id: int) -> bool:
     """Delete this annotator's lease on the task; True if there was one (expired or not: an expired
     lease that was not reclaimed yet still holds its slot)."""
-    stmt = (
-        delete(leases).where(leases.c.task_id == task_id, leases.c.user_id == user_id).returning(leases.c.id)
-    )
-    return session.scalars(stmt).first() is not None
+    return session.scalars(_TAKE_LEASE, {"tid": task_id, "user_id": user_id}).first() is not None
 
 
 def _lock_task(session: Session, task_id: int) -> Task:
     stmt = select(Task).where(Task.id == task_id)
-    if session.get_bind().dialect.name == "postgresql":
+    if _postgres(session):
         stmt = stmt.with_for_update()
     task = session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
     if task is None:
@@ -290,22 +344,8 @@ def _check_texts(require_content: bool, require_defect: bool, data: VoteInput) -
 
 def _lock_task_for_vote(session: Session, task_id: int) -> Row[Any]:
     """The task's counters, its project's text requirements and its candidates, the task row locked."""
-    stmt = (
-        select(
-            tasks.c.source_id,
-            tasks.c.required_votes,
-            tasks.c.vote_count,
-            tasks.c.slots_taken,
-            projects.c.require_content,
-            projects.c.require_defect,
-            CANDIDATE_IDS,
-        )
-        .join(projects, projects.c.id == tasks.c.project_id)
-        .where(tasks.c.id == task_id)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=tasks)
-    row = session.execute(stmt).first()
+    stmt = _TASK_FOR_VOTE_LOCKED if _postgres(session) else _TASK_FOR_VOTE
+    row = session.execute(stmt, {"tid": task_id}).first()
     if row is None:
         raise NotFound(f"task {task_id} does not exist")
     return row
@@ -338,31 +378,23 @@ def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput
     if data.outcome in COUNTED_OUTCOMES:
         count += 1
     vote = session.execute(
-        insert(votes)
-        .values(
-            task_id=task_id,
-            user_id=user_id,
-            outcome=data.outcome,
-            best_candidate_id=data.best_candidate_id,
-            worst_candidate_id=data.worst_candidate_id,
-            content_text=data.content_text,
-            defect_text=data.defect_text,
-            shown_order=shown_order(task_id, user_id, ids),
-            lead_time_ms=data.lead_time_ms,
-            client_submission_id=data.client_submission_id,
-            created_at=now,
-        )
-        .returning(*votes.c)
+        _INSERT_VOTE,
+        {
+            "task_id": task_id,
+            "user_id": user_id,
+            "outcome": data.outcome,
+            "best_candidate_id": data.best_candidate_id,
+            "worst_candidate_id": data.worst_candidate_id,
+            "content_text": data.content_text,
+            "defect_text": data.defect_text,
+            "shown_order": shown_order(task_id, user_id, ids),
+            "lead_time_ms": data.lead_time_ms,
+            "client_submission_id": data.client_submission_id,
+            "created_at": now,
+        },
     ).one()
-    session.execute(
-        update(tasks)
-        .where(tasks.c.id == task_id)
-        .values(
-            slots_taken=slots,
-            vote_count=count,
-            state="complete" if count >= task.required_votes else "open",
-        )
-    )
+    state = "complete" if count >= task.required_votes else "open"
+    session.execute(_COUNT_VOTE, {"tid": task_id, "new_slots": slots, "new_count": count, "new_state": state})
     return vote
 
 

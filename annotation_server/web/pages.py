@@ -58,8 +58,8 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def page_user(request: Request, session: SessionDep, cache: TokenCacheDep) -> Principal:
-    user = user_for_token(session, cache, request.cookies.get(SESSION_COOKIE) or "")
+async def page_user(request: Request, session: SessionDep, cache: TokenCacheDep) -> Principal:
+    user = await user_for_token(session, cache, request.cookies.get(SESSION_COOKIE) or "")
     if user is None:
         raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     return user
@@ -68,7 +68,7 @@ def page_user(request: Request, session: SessionDep, cache: TokenCacheDep) -> Pr
 PageUser = Annotated[Principal, Depends(page_user)]
 
 
-def page_admin(user: PageUser) -> Principal:
+async def page_admin(user: PageUser) -> Principal:
     if user.role != "admin":
         raise PageError("This page is for admins. Your account is an annotator account.")
     return user
