@@ -24,7 +24,9 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         if parsed.drivername == "postgresql":
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # No pre-ping: it costs every request a round trip. A connection that died (a database restart)
+        # fails its one request, and SQLAlchemy then replaces every pooled connection at once.
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
