@@ -30,6 +30,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -113,7 +114,11 @@ _FREE_SLOTS = (
     .where(tasks.c.id == bindparam("tid"))
     .values(slots_taken=tasks.c.slots_taken - bindparam("n", type_=Integer))
 )
-_HELD = (
+
+
+# Everything the annotator's view of a leased task needs: the task, its project's instructions and
+# scale, the image size, the instance box and the candidate ids.
+_TASK_VIEW = (
     select(
         tasks.c.id,
         tasks.c.project_id,
@@ -136,7 +141,9 @@ _HELD = (
     .join(projects, projects.c.id == tasks.c.project_id)
     .join(sources, sources.c.id == tasks.c.source_id)
     .outerjoin(instances, instances.c.id == tasks.c.instance_id)
-    .where(
+)
+_HELD = (
+    _TASK_VIEW.where(
         leases.c.user_id == bindparam("user_id"),
         tasks.c.project_id == bindparam("project_id"),
         leases.c.expires_at >= bindparam("now"),
@@ -144,6 +151,9 @@ _HELD = (
     .order_by(leases.c.id)
     .limit(bindparam("limit", type_=Integer))
 )
+_LEASED = _TASK_VIEW.where(leases.c.task_id == bindparam("tid"), leases.c.user_id == bindparam("user_id"))
+# SQLite: the transaction holds the database's write lock from its start (BEGIN IMMEDIATE), so the
+# pick, the slot and the lease are atomic without row locks.
 _PICK = (
     select(tasks.c.id)
     .where(
@@ -156,10 +166,32 @@ _PICK = (
     .order_by(tasks.c.id)
     .limit(1)
 )
-# PostgreSQL: concurrent `next` calls pass over each other's rows instead of queueing on them.
-_PICK_SKIP_LOCKED = _PICK.with_for_update(skip_locked=True, of=tasks)
 _TAKE_SLOT = update(tasks).where(tasks.c.id == bindparam("tid")).values(slots_taken=tasks.c.slots_taken + 1)
 _LEASE = insert(leases)
+# PostgreSQL: pick a task (its row locked, rows locked by others skipped), take a slot and insert the
+# lease in one round trip. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in an
+# UPDATE CTE. Same conditions as _PICK.
+_PICK_AND_LEASE = text(
+    """
+    WITH picked AS (
+        SELECT id FROM tasks
+        WHERE project_id = :project_id AND state = 'open' AND slots_taken < required_votes
+          AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id)
+          AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)
+        ORDER BY id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ), taken AS (
+        UPDATE tasks SET slots_taken = tasks.slots_taken + 1 FROM picked WHERE tasks.id = picked.id
+        RETURNING tasks.id
+    )
+    INSERT INTO leases (task_id, user_id, expires_at, created_at)
+    SELECT id, :user_id, :expires_at, :now FROM taken
+    RETURNING task_id
+    """
+).bindparams(
+    bindparam("expires_at", type_=leases.c.expires_at.type), bindparam("now", type_=leases.c.created_at.type)
+)
 _TASK_FOR_VOTE = (
     select(
         tasks.c.required_votes,
@@ -202,29 +234,20 @@ def reclaim_expired_leases(session: Session, now: datetime) -> int:
     return len(task_ids)
 
 
-def _held_leases(
-    session: Session, *, project_id: int, user_id: int, now: datetime, limit: int
-) -> list[LeasedTask]:
-    """The annotator's live leases in the project, oldest first, with everything the view needs."""
-    params = {"user_id": user_id, "project_id": project_id, "now": now, "limit": limit}
-    held = []
-    for row in session.execute(_HELD, params):
-        size = (row.width * row.scale, row.height * row.scale)
-        held.append(
-            LeasedTask(
-                id=row.id,
-                project_id=row.project_id,
-                source_id=row.source_id,
-                instance_id=row.instance_id,
-                kind=row.kind,
-                lease_expires_at=row.expires_at,
-                instructions=row.instructions,
-                image_size=size,
-                box=(row.x0, row.y0, row.x1, row.y1) if row.instance_id is not None else (0, 0, *size),
-                candidate_ids=_ids(row.candidate_ids),
-            )
-        )
-    return held
+def _leased_task(row: Row[Any]) -> LeasedTask:
+    size = (row.width * row.scale, row.height * row.scale)
+    return LeasedTask(
+        id=row.id,
+        project_id=row.project_id,
+        source_id=row.source_id,
+        instance_id=row.instance_id,
+        kind=row.kind,
+        lease_expires_at=row.expires_at,
+        instructions=row.instructions,
+        image_size=size,
+        box=(row.x0, row.y0, row.x1, row.y1) if row.instance_id is not None else (0, 0, *size),
+        candidate_ids=_ids(row.candidate_ids),
+    )
 
 
 def next_task(
@@ -236,31 +259,38 @@ def next_task(
 
     Position 0 is the task to show now (the same one until it is answered); position 1 lets the web
     page lease and preload the task after it, so that the next task appears without a round trip."""
-    held = _held_leases(session, project_id=project_id, user_id=user_id, now=now, limit=position + 1)
+    params = {"user_id": user_id, "project_id": project_id, "now": now, "limit": position + 1}
+    held = session.execute(_HELD, params).all()
     if len(held) > position:
-        return held[position]
+        return _leased_task(held[position])
 
     reclaim_expired_leases(session, now)
-    expires_at = now + timedelta(seconds=lease_seconds)
+    leased = None
     for _ in range(position + 1 - len(held)):
-        if not _lease_new(session, project_id=project_id, user_id=user_id, now=now, expires_at=expires_at):
+        leased = _lease_new(session, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds)
+        if leased is None:
             return None
-    held = _held_leases(session, project_id=project_id, user_id=user_id, now=now, limit=position + 1)
-    return held[position]
+    return leased
 
 
 def _lease_new(
-    session: Session, *, project_id: int, user_id: int, now: datetime, expires_at: datetime
-) -> bool:
-    pick = _PICK_SKIP_LOCKED if _postgres(session) else _PICK
-    task_id = session.scalar(pick, {"project_id": project_id, "user_id": user_id})
-    if task_id is None:
-        return False
-    session.execute(_TAKE_SLOT, {"tid": task_id})
-    session.execute(
-        _LEASE, {"task_id": task_id, "user_id": user_id, "expires_at": expires_at, "created_at": now}
-    )
-    return True
+    session: Session, *, project_id: int, user_id: int, now: datetime, seconds: int
+) -> LeasedTask | None:
+    expires_at = now + timedelta(seconds=seconds)
+    if _postgres(session):
+        params = {"project_id": project_id, "user_id": user_id, "expires_at": expires_at, "now": now}
+        task_id = session.scalar(_PICK_AND_LEASE, params)
+        if task_id is None:
+            return None
+    else:
+        task_id = session.scalar(_PICK, {"project_id": project_id, "user_id": user_id})
+        if task_id is None:
+            return None
+        session.execute(_TAKE_SLOT, {"tid": task_id})
+        session.execute(
+            _LEASE, {"task_id": task_id, "user_id": user_id, "expires_at": expires_at, "created_at": now}
+        )
+    return _leased_task(session.execute(_LEASED, {"tid": task_id, "user_id": user_id}).one())
 
 
 def _take_lease(session: Session, task_id: int, user_id: int) -> bool:
