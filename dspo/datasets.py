@@ -88,20 +88,23 @@ def request_dataset(
     up_to_vote_id: int | None = None,
     dispatch: bool = True,
     retrain: bool = False,
+    request_key: str | None = None,
 ) -> tuple[int, int, bool]:
     """Find or create the dataset for (project, newest vote, settings) and make sure a job builds it
     (dispatch=False leaves the job queued, for a caller that runs `build` itself); retrain=True asks
     scheduled retraining to train a model on it once it is published.
 
     Returns (dataset id, job id, created). The dataset row and its job are written in one transaction,
-    and the unique request key makes a concurrent duplicate fail and find the first one instead."""
+    and the unique request key makes a concurrent duplicate fail and find the first one instead. The
+    key is (newest vote, settings) unless the caller names one: scheduled retraining names the round,
+    so that two ticks that race each other get one dataset even if a vote arrived between them."""
     with runtime.sessions() as session:
         if session.get(Project, project_id) is None:
             raise LookupError(f"project {project_id} does not exist")
         cutoff = up_to_vote_id if up_to_vote_id is not None else newest_vote_id(session, project_id)
     if cutoff == 0:
         raise DatasetBuildError(f"project {project_id} has no votes yet")
-    key = hashlib.sha256(
+    key = request_key or hashlib.sha256(
         json.dumps({"max_vote_id": cutoff, "settings": settings.to_dict()}, sort_keys=True).encode()
     ).hexdigest()
     for _ in range(5):

@@ -51,8 +51,16 @@ def _maybe_build(runtime: Runtime, project: Any) -> int | None:
     if new_votes(runtime, project.id, last.max_vote_id if last else 0) < project.retrain_min_votes:
         return None
     settings = BuildSettings(**project.train_settings.get("dataset", {}))
-    dataset_id, _, _ = request_dataset(runtime, project.id, settings, retrain=True)
+    dataset_id, _, _ = request_dataset(
+        runtime, project.id, settings, retrain=True, request_key=retrain_round_key(last)
+    )
     return dataset_id
+
+
+def retrain_round_key(last: Dataset | None) -> str:
+    """The request key of the retraining round that follows dataset `last`: ticks that decide at the
+    same time ask for the same key, and the unique key lets only one dataset be created."""
+    return f"retrain-after-v{last.version if last else 0}"
 
 
 def _queue_training(runtime: Runtime, project_id: int) -> list[int]:

@@ -128,6 +128,23 @@ def test_build_download_read_back_and_rebuild(
     assert labels == {0.0, 1.0}  # the preferred side varies (by a hash of the record id)
     assert pickapic.num_rows == len(records)
 
+    # ... and read as the diffusers Diffusion-DPO example reads it: `datasets.load_dataset` on the
+    # folder, split "train", both images decoded from their bytes, the pair swapped when label_0 is 0.
+    from datasets import load_dataset
+
+    folder = tmp_path / "pickapic"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        data = download(client, admin, dataset_id, f"pickapic/{split}.parquet")
+        (folder / f"{split}.parquet").write_bytes(data)
+    hf_train = load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert hf_train.num_rows == sum(r.split == "train" for r in records) > 0
+    for example in hf_train:
+        pair = [Image.open(io.BytesIO(example[column])).convert("RGB") for column in ("jpg_0", "jpg_1")]
+        preferred = pair[0] if example["label_0"] == 1 else pair[1]
+        winner = Image.open(io.BytesIO(winners[example["record_id"]])).convert("RGB")
+        assert preferred.tobytes() == winner.tobytes() and example["caption"].startswith("photo ")
+
     trl = pq.read_table(io.BytesIO(download(client, admin, dataset_id, "trl/validation.parquet")))
     assert trl.num_rows == sum(r.split == "val" for r in records)
     for row in trl.to_pylist():

@@ -2,13 +2,15 @@
 queues exactly one training job (gpu queue) once that dataset is published."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import select
 
+from dspo.datasets import BuildSettings, request_dataset
 from dspo.db import session_scope
 from dspo.models import Dataset, Job, Project
-from dspo.retrain import TRAIN_JOB, retrain_tick
+from dspo.retrain import TRAIN_JOB, retrain_round_key, retrain_tick
 from dspo.runtime import Runtime
 from tests.datasets.helpers import make_project, tasks, users, vote, wait_jobs
 from worker.celery_app import RETRAIN_TASK_NAME
@@ -67,3 +69,30 @@ def test_beat_schedule_sends_the_tick(monkeypatch: pytest.MonkeyPatch) -> None:
         get_settings.cache_clear()
     [entry] = app.conf.beat_schedule.values()
     assert entry["task"] == RETRAIN_TASK_NAME and RETRAIN_TASK_NAME in app.tasks
+
+
+def test_racing_ticks_make_one_dataset(runtime: Runtime) -> None:
+    project_id = make_project(runtime, n_sources=1)
+    with session_scope(runtime.sessions) as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        project.retrain_min_votes = 3
+    u = users(runtime, ["a1", "a2", "a3"])
+    found = tasks(runtime, project_id)
+    for user_id in u:
+        vote(runtime, found[0], user_id)
+    # Two ticks that both saw no dataset yet, one deciding before and one after a fourth vote came in:
+    # their snapshots differ, their round is the same.
+    settings = BuildSettings()
+    key = retrain_round_key(None)
+    first = request_dataset(runtime, project_id, settings, retrain=True, request_key=key, dispatch=False)
+    vote(runtime, found[1], u[0])
+    second = request_dataset(runtime, project_id, settings, retrain=True, request_key=key, dispatch=False)
+    assert first[0] == second[0] and first[2] and not second[2]
+
+    # And ticks that really run at the same time.
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: retrain_tick(runtime), range(4)))
+    assert all(result["datasets"] == [] for result in results), "the round's dataset exists already"
+    with runtime.sessions() as session:
+        assert len(session.scalars(select(Dataset)).all()) == 1
