@@ -104,9 +104,12 @@ def request_dataset(
         cutoff = up_to_vote_id if up_to_vote_id is not None else newest_vote_id(session, project_id)
     if cutoff == 0:
         raise DatasetBuildError(f"project {project_id} has no votes yet")
-    key = request_key or hashlib.sha256(
-        json.dumps({"max_vote_id": cutoff, "settings": settings.to_dict()}, sort_keys=True).encode()
-    ).hexdigest()
+    key = (
+        request_key
+        or hashlib.sha256(
+            json.dumps({"max_vote_id": cutoff, "settings": settings.to_dict()}, sort_keys=True).encode()
+        ).hexdigest()
+    )
     for _ in range(5):
         try:
             with session_scope(runtime.sessions) as session:
