@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import shutil
 import sqlite3
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -31,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from PIL import Image
 
+from bench.api import postgres_database
 from dspo.aggregate import aggregate, newest_vote_id
 from dspo.blobs import BlobStore
 from dspo.dataset_format import verify_dataset
@@ -44,9 +42,6 @@ from dspo.migrate import upgrade
 from dspo.runtime import Runtime
 from dspo.settings import Settings
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "DSPO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 N_CANDIDATES, INSTANCES, K, ANNOTATORS, LQ, SCALE = 4, 9, 3, 30, 8, 4
 
 
@@ -57,20 +52,8 @@ def database(backend: str, folder: Path) -> Iterator[str]:
         upgrade(url)
         yield url
         return
-    admin = sa.create_engine(
-        POSTGRES_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
-    )
-    name = f"dspo_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        upgrade(url)
+    with postgres_database() as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _png(pixels: np.ndarray) -> bytes:

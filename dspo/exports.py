@@ -67,6 +67,23 @@ def _metadata(record: Record) -> dict[str, object]:
     }
 
 
+# Beside each pair, the parquet exports carry the LQ image, the mask and the record's metadata, so
+# that a DSPO-aware reader has everything and a plain DPO reader can ignore it.
+REGION_FIELDS = [
+    ("lq", pa.binary()),
+    ("mask", pa.binary()),
+    ("record_id", pa.string()),
+    ("source_id", pa.string()),
+    ("instance_id", pa.string()),
+    ("box", pa.list_(pa.int32(), 4)),
+    ("weight", pa.float64()),
+    ("content_text", pa.string()),
+    ("defect_text", pa.string()),
+    ("votes", pa.int32()),
+    ("best_share", pa.float64()),
+    ("worst_share", pa.float64()),
+]
+
 PICKAPIC_SCHEMA = pa.schema(
     [
         ("caption", pa.string()),
@@ -74,52 +91,35 @@ PICKAPIC_SCHEMA = pa.schema(
         ("jpg_1", pa.binary()),
         ("label_0", pa.float64()),
         ("label_1", pa.float64()),
-        ("lq", pa.binary()),
-        ("mask", pa.binary()),
-        ("record_id", pa.string()),
-        ("source_id", pa.string()),
-        ("instance_id", pa.string()),
-        ("box", pa.list_(pa.int32(), 4)),
-        ("weight", pa.float64()),
         ("prompt", pa.string()),
-        ("content_text", pa.string()),
-        ("defect_text", pa.string()),
-        ("votes", pa.int32()),
-        ("best_share", pa.float64()),
-        ("worst_share", pa.float64()),
+        *REGION_FIELDS,
     ]
 )
 
 TRL_SCHEMA = pa.schema(
-    [
-        ("prompt", pa.string()),
-        ("chosen", pa.binary()),
-        ("rejected", pa.binary()),
-        ("lq", pa.binary()),
-        ("mask", pa.binary()),
-        ("record_id", pa.string()),
-        ("box", pa.list_(pa.int32(), 4)),
-        ("weight", pa.float64()),
-        ("content_text", pa.string()),
-        ("defect_text", pa.string()),
-    ]
+    [("prompt", pa.string()), ("chosen", pa.binary()), ("rejected", pa.binary()), *REGION_FIELDS]
 )
+
+
+def _region_columns(record: Record, read: Callable[[str], bytes]) -> dict[str, object]:
+    meta = _metadata(record)
+    columns: dict[str, object] = {"lq": read(record.lq), "mask": read(record.mask)}
+    columns.update((name, meta[name]) for name, _ in REGION_FIELDS if name in meta)
+    return columns
 
 
 def _pickapic_row(record: Record, read: Callable[[str], bytes]) -> dict[str, object]:
     # "jpg" is Pick-a-Pic's column name; the bytes are PNG (lossless), which PIL opens all the same.
     first, second = (record.loser, record.winner) if _swap(record) else (record.winner, record.loser)
     label_0 = 0.0 if _swap(record) else 1.0
-    meta = _metadata(record)
     return {
         "caption": caption(record),
         "jpg_0": read(first),
         "jpg_1": read(second),
         "label_0": label_0,
         "label_1": 1.0 - label_0,
-        "lq": read(record.lq),
-        "mask": read(record.mask),
-        **{name: meta[name] for name in PICKAPIC_SCHEMA.names if name in meta},
+        "prompt": record.prompt,
+        **_region_columns(record, read),
     }
 
 
@@ -128,13 +128,7 @@ def _trl_row(record: Record, read: Callable[[str], bytes]) -> dict[str, object]:
         "prompt": caption(record),
         "chosen": read(record.winner),
         "rejected": read(record.loser),
-        "lq": read(record.lq),
-        "mask": read(record.mask),
-        "record_id": record.record_id,
-        "box": list(record.box),
-        "weight": record.weight,
-        "content_text": record.content_text,
-        "defect_text": record.defect_text,
+        **_region_columns(record, read),
     }
 
 

@@ -102,8 +102,10 @@ def _submit(
         # same task fails on the unique constraints of votes or on the slot check: say which, and
         # answer a replay with the vote it made.
         session.rollback()
+        # An undo names the answer it replaces, so only a replay of the undo itself explains its failure.
+        explain = assign.find_replay if replaces else assign.earlier_answer
         try:
-            vote, created = assign.earlier_answer(session, task_id=task_id, user_id=user.id, data=data), False
+            vote, created = explain(session, task_id=task_id, user_id=user.id, data=data), False
         except DspoError as conflict:
             raise HTTPException(conflict.status_code, conflict.message) from None
         if vote is None:

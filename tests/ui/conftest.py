@@ -3,7 +3,6 @@ driven by Playwright. Without Chromium or Playwright they skip with the reason, 
 (CI=true), where they fail: `bash scripts/test.sh` installs both."""
 
 import io
-import os
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from annotation_server.main import create_app
+from bench.ui import CHROMIUM, CHROMIUM_ARGS
 from dspo.cli import ensure_user
 from dspo.jobs import shutdown_executor
 from dspo.migrate import upgrade
@@ -28,16 +28,6 @@ from dspo.settings import Settings
 from tests.conftest import ON_CI
 from tests.helpers import login, png_bytes, wait_for_jobs
 
-CHROMIUM = os.environ.get("DSPO_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
 
