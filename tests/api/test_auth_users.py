@@ -64,3 +64,14 @@ def test_openapi_documents_the_api(api: Api) -> None:
     spec = api.client.get("/openapi.json").json()
     for path in ["/api/v1/projects/{project_id}/next", "/api/v1/tasks/{task_id}/vote", "/api/v1/auth/login"]:
         assert path in spec["paths"]
+
+
+def test_changing_a_user_takes_effect_on_tokens_in_use(api: Api) -> None:
+    """Tokens are cached in the server process for a few seconds; changing the user must not wait."""
+    me = api.client.get("/api/v1/auth/me", headers=api.bob).json()  # bob's token is cached now
+    assert api.client.get("/api/v1/users", headers=api.bob).status_code == 403
+    promoted = api.client.patch(f"/api/v1/users/{me['id']}", json={"role": "admin"}, headers=api.admin)
+    assert promoted.status_code == 200
+    assert api.client.get("/api/v1/users", headers=api.bob).status_code == 200
+    api.client.patch(f"/api/v1/users/{me['id']}", json={"is_active": False}, headers=api.admin)
+    assert api.client.get("/api/v1/auth/me", headers=api.bob).status_code == 401
