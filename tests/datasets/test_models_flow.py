@@ -96,7 +96,12 @@ def test_diffusion_and_sam_to_tasks_then_a_lora_round(
         generator="diffusion",
         generator_settings={"model": str(model), "guidance": [5.0, 7.5], "steps": [2, 3], "batch_size": 2},
         segmenter="sam",
-        segmenter_settings={"model": str(sam), "points_per_side": 4, "pred_iou_thresh": None},
+        segmenter_settings={
+            "model": str(sam),
+            "points_per_side": 4,
+            "pred_iou_thresh": None,
+            "stability_score_thresh": None,
+        },
         min_area_fraction=0.01,
     )
     with runtime.sessions() as session:

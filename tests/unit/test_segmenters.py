@@ -64,3 +64,25 @@ def test_unknown_segmenter_and_bad_settings() -> None:
         get_segmenter("felzenszwalb", scale=0)
     with pytest.raises(ValueError, match="max_side"):
         get_segmenter("slic", max_side=4)
+
+
+def test_sam_regions_keep_confident_stable_masks_without_overlap() -> None:
+    from worker.segmenters.sam import paint_regions
+
+    masks = np.zeros((5, 4, 6), dtype=bool)
+    masks[0, :, :3] = True  # left half, best score
+    masks[1, :, 2:] = True  # right part, overlaps the left half by one column
+    masks[2, :, :3] = True  # the left half again: a duplicate
+    masks[3, :2, 4:] = True  # confident but unstable
+    masks[4, 2:, 4:] = True  # stable but below the IoU threshold
+    scores = np.array([0.99, 0.95, 0.94, 0.97, 0.5])
+    stability = np.array([0.99, 0.96, 0.99, 0.5, 0.99])
+    labels = paint_regions(masks, scores, stability, pred_iou_thresh=0.88, stability_score_thresh=0.95)
+    expected = np.zeros((4, 6), dtype=np.int32)
+    expected[:, :3] = 1
+    expected[:, 3:] = 2  # the right mask keeps only what the better one left free
+    assert np.array_equal(labels, expected)
+
+    without_filters = paint_regions(masks, scores, stability, None, None)
+    # The unstable mask is kept now; the low-IoU one finds nothing free; nothing is left uncovered.
+    assert sorted(np.unique(without_filters)) == [1, 2, 3] and (without_filters[:2, 4:] == 2).all()
