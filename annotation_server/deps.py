@@ -11,12 +11,14 @@ requests a database round trip each. Dependencies that do no I/O are `async def`
 `def` dependency in its thread pool, and each such hop costs more than the work itself."""
 
 import hmac
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
@@ -52,7 +54,11 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
         yield session
     finally:
         if session.in_transaction():
-            await run_in_threadpool(session.close)
+            # Its own one-thread limiter, as FastAPI closes its own generator dependencies: the shared pool
+            # may be full of requests waiting for the very connection (or SQLite lock) this releases.
+            # Shielded, so that a cancelled request still gives it back.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
         else:
             session.close()
 
@@ -93,33 +99,43 @@ class Principal:
 class TokenCache:
     """Token hash -> Principal for tokens checked in the last `ttl_seconds` (never beyond the token's
     own expiry). Logging out or changing a user through this process takes effect at once; through
-    another server process, within `ttl_seconds`. A ttl of 0 turns the cache off."""
+    another server process, within `ttl_seconds`. A ttl of 0 turns the cache off.
+
+    A lookup that read the database before a `forget_*` and stores its answer after it would bring the
+    forgotten token back: `put` takes the `generation` seen before the read and stores nothing if any
+    token or user was forgotten since."""
 
     MAX_ENTRIES = 100_000
 
     def __init__(self, ttl_seconds: float) -> None:
         self.ttl_seconds = ttl_seconds
+        self.generation = 0
         self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()  # for writers; a read is one dict lookup
 
     def get(self, token_hash: str) -> Principal | None:
         entry = self._entries.get(token_hash)
         return entry[1] if entry is not None and entry[0] > time.monotonic() else None
 
-    def put(self, token_hash: str, principal: Principal, token_expires_at: datetime) -> None:
+    def put(self, token_hash: str, principal: Principal, token_expires_at: datetime, generation: int) -> None:
         keep = min(self.ttl_seconds, (token_expires_at - utcnow()).total_seconds())
-        if keep <= 0:
-            return
-        if len(self._entries) >= self.MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[token_hash] = (time.monotonic() + keep, principal)
+        with self._lock:
+            if keep <= 0 or generation != self.generation:
+                return
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[token_hash] = (time.monotonic() + keep, principal)
 
     def forget_token(self, token_hash: str) -> None:
-        self._entries.pop(token_hash, None)
+        with self._lock:
+            self.generation += 1
+            self._entries.pop(token_hash, None)
 
     def forget_user(self, user_id: int) -> None:
-        for token_hash, (_, principal) in list(self._entries.items()):
-            if principal.id == user_id:
-                self._entries.pop(token_hash, None)
+        with self._lock:
+            self.generation += 1
+            for token_hash in [h for h, (_, principal) in self._entries.items() if principal.id == user_id]:
+                del self._entries[token_hash]
 
 
 async def get_token_cache(request: Request) -> TokenCache:
@@ -136,6 +152,7 @@ async def user_for_token(session: Session, cache: TokenCache, token: str) -> Pri
 
 
 def _load_principal(session: Session, cache: TokenCache, token_hash: str) -> Principal | None:
+    generation = cache.generation
     row = session.execute(
         select(ApiToken.expires_at, User.id, User.username, User.role, User.is_active)
         .join(User, User.id == ApiToken.user_id)
@@ -144,7 +161,7 @@ def _load_principal(session: Session, cache: TokenCache, token_hash: str) -> Pri
     if row is None or row.expires_at < utcnow() or not row.is_active:
         return None
     principal = Principal(row.id, row.username, row.role)
-    cache.put(token_hash, principal, row.expires_at)
+    cache.put(token_hash, principal, row.expires_at, generation)
     return principal
 
 

@@ -448,6 +448,8 @@ def replace_vote(
         return replay, False
     stmt = select(Vote).where(Vote.user_id == user_id, Vote.client_submission_id == replaces_submission_id)
     if session.scalars(stmt).first() is None:
+        # Unless the annotator answered the task otherwise since (a stale undo): then it is a Conflict.
+        earlier_answer(session, task_id=task_id, user_id=user_id, data=data)
         return submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=now), True
     task = _lock_task(session, task_id)
     # Read again under the task lock: a concurrent replacement of the same vote has finished by now.

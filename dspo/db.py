@@ -24,9 +24,11 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         if parsed.drivername == "postgresql":
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        # No pre-ping: it costs every request a round trip. A connection that died (a database restart)
-        # fails its one request, and SQLAlchemy then replaces every pooled connection at once.
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
+        # No pre-ping: it costs every request a round trip. Connections are replaced after 5 minutes,
+        # before the idle limits of PgBouncer, NAT gateways and load balancers (usually 6 to 10) cut
+        # them; one that died anyway (a database restart) fails its one request, and SQLAlchemy then
+        # replaces every pooled connection at once.
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=300)
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     token_cache_seconds: float = Field(
         default=10,
         ge=0,
+        le=60,
         description="how long a server trusts a token it checked (0: ask the database every time)",
     )
     max_upload_bytes: int = 64 * 1024 * 1024

@@ -64,9 +64,10 @@ def next_task(
         lease_seconds=runtime.settings.lease_seconds,
         position=position,
     )
-    session.commit()
     if task is None:
         get_project(session, project_id)  # a 404 for a project that does not exist
+    session.commit()
+    if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return task_view(task, user.id)
 
@@ -80,6 +81,7 @@ def _submit(
     replaces: str | None = None,
 ) -> Vote | Row[Any]:
     vote: Vote | Row[Any] | None
+    created = True
     try:
         if replaces:
             vote, created = assign.replace_vote(
@@ -91,23 +93,22 @@ def _submit(
                 now=utcnow(),
             )
         else:
-            now = utcnow()
-            vote, created = (
-                assign.submit_vote(session, task_id=task_id, user_id=user.id, data=data, now=now),
-                True,
-            )
+            vote = assign.submit_vote(session, task_id=task_id, user_id=user.id, data=data, now=utcnow())
         session.commit()
     except (DspoError, IntegrityError) as failure:
         # A replayed submission (a client retry, maybe racing its original) or a second answer to the
         # same task fails on the unique constraints of votes or on the slot check: say which, and
-        # answer a replay with the vote it made.
+        # answer a replay with the vote it made. An undo refused for its own reasons (too late, filled
+        # by others) is explained by a replay of itself only.
         session.rollback()
-        # An undo names the answer it replaces, so only a replay of the undo itself explains its failure.
-        explain = assign.find_replay if replaces else assign.earlier_answer
+        replace_refused = replaces is not None and isinstance(failure, DspoError)
+        explain = assign.find_replay if replace_refused else assign.earlier_answer
         try:
             vote, created = explain(session, task_id=task_id, user_id=user.id, data=data), False
         except DspoError as conflict:
             raise HTTPException(conflict.status_code, conflict.message) from None
+        finally:
+            session.commit()  # the lookup only read: end its transaction (on SQLite, the write lock)
         if vote is None:
             if isinstance(failure, DspoError):
                 raise HTTPException(failure.status_code, failure.message) from None

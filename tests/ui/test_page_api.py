@@ -97,6 +97,10 @@ def test_an_answer_can_be_replaced_only_within_the_grace_period(api: Api) -> Non
     assert wrong.status_code == 409 and "not your current answer" in wrong.json()["detail"]
     # A replacement of an answer that never arrived is recorded as a plain answer.
     assert answer(api, api.alice, other, "s4", "tie", replaces_submission_id="lost").status_code == 201
+    # A stale undo (of an answer that was replaced since) does not become a second answer.
+    assert answer(api, api.alice, other, "s5", "pick", replaces_submission_id="s4").status_code == 201
+    stale = answer(api, api.alice, other, "s6", "all_bad", replaces_submission_id="s4")
+    assert stale.status_code == 409 and "already answered" in stale.json()["detail"]
 
 
 def test_required_texts(api: Api) -> None:
