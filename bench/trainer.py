@@ -2,6 +2,7 @@
 
     python bench/trainer.py                # CPU: tiny random upscaler, 64 px crops
     python bench/trainer.py --gpu          # GPU: SD-2.1-sized random upscaler in bf16, 512 px crops
+    python bench/trainer.py --gpu --dry-run  # the same script on the CPU, tiny crops: does it run?
 
 Every loss runs through the real trainer (`trainer.train.train`) on the same synthetic dataset; each is
 repeated and the median seconds per step kept, because timings on shared machines wander. The floor of a
@@ -291,6 +292,12 @@ def main() -> int:
     )
     parser.add_argument("--baseline", action="store_true", help="also time the Diffusion-DPO-example loop")
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --gpu: the GPU configuration on whatever device is here, 1 pair of 32 px crops, 2 steps, "
+        "to check that the script runs end to end before a GPU is lent (its timings mean nothing)",
+    )
+    parser.add_argument(
         "--pairs", type=int, default=None, help="B: pairs per DSPO/DPO step (SFT gets 2B images)"
     )
     parser.add_argument("--resolution", type=int, default=None)
@@ -302,8 +309,10 @@ def main() -> int:
         "--workdir", default=None, help="where to put the model and data (default: a temp dir)"
     )
     args = parser.parse_args()
-    if args.gpu and not torch.cuda.is_available():
-        parser.error("--gpu needs a CUDA device")
+    if args.gpu and not torch.cuda.is_available() and not args.dry_run:
+        parser.error("--gpu needs a CUDA device (or --dry-run)")
+    if args.dry_run:
+        args.pairs, args.resolution, args.steps, args.repeats = 1, 32, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     # At 512 px the upscaler's latents are 128² (its VAE has factor 4), four times SD 2.1's at 512 px: two
@@ -347,7 +356,8 @@ def main() -> int:
     fwd = seconds["forward"]
     floor = seconds["sft"] + fwd
 
-    device = torch.cuda.get_device_name() if args.gpu else f"CPU ({torch.get_num_threads()} threads)"
+    cuda = torch.cuda.is_available() and args.gpu
+    device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(
         f"\n{device}; model {model.name}; {resolution} px crops; B = {pairs} pairs; "
         f"per-step medians over {args.repeats} runs x {steps} steps"
