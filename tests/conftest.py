@@ -5,8 +5,12 @@ where they must run and an unreachable server is an error."""
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -153,3 +157,29 @@ def production_settings(
         "DSPO_STORAGE_ROOT": str(settings.storage_root),
     }
     return settings, env
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], log_path: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """A `dspo worker` subprocess (with these options) in the environment of `production_settings`; its
+    output goes to log_path, whose end is printed when it is stopped on the way out."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dspo.cli", "worker", *options],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            time.sleep(1)
+            if process.poll() is not None:
+                pytest.fail(f"the Celery worker exited at start:\n{log_path.read_text()}")
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            print(log_path.read_text()[-5000:])

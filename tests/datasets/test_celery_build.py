@@ -20,7 +20,7 @@ from dspo.cli import ensure_user
 from dspo.dataset_format import verify_dataset
 from dspo.models import Dataset, Job, Source
 from dspo.runtime import Runtime
-from tests.conftest import production_settings
+from tests.conftest import celery_worker, production_settings
 from tests.datasets.helpers import make_project, tasks, users, vote_all
 from tests.helpers import login
 
@@ -32,25 +32,13 @@ def worker(
     postgres_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> Iterator[tuple[Runtime, subprocess.Popen]]:
     settings, env = production_settings(postgres_url, redis_url, redis_prefix, tmp_path)
-    log = (tmp_path / "worker.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dspo.cli", "worker", "--concurrency", "1", "--pool", "prefork"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     runtime = Runtime.from_settings(settings)
+    options = ("--concurrency", "1", "--pool", "prefork")
     try:
-        yield runtime, process
+        with celery_worker(env, tmp_path / "worker.log", *options) as process:
+            yield runtime, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
         runtime.close()
-        print((tmp_path / "worker.log").read_text()[-5000:])
 
 
 def wait_for(predicate, what: str, timeout: float = 90) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,5 @@
 """The same jobs on a real Celery worker over Redis, against PostgreSQL (production mode)."""
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from annotation_server.main import create_app
 from dspo.cli import ensure_user
 from dspo.runtime import Runtime
 from dspo.settings import Settings
-from tests.conftest import production_settings
+from tests.conftest import celery_worker, production_settings
 from tests.helpers import login, png_bytes, wait_for_jobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -22,28 +20,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 @pytest.fixture
 def production(postgres_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[Settings]:
     settings, env = production_settings(postgres_url, redis_url, redis_prefix, tmp_path)
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "dspo.cli", "worker", "--concurrency", "2", "--pool", "threads"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    time.sleep(1)
-    if worker.poll() is not None:
-        log.close()
-        pytest.fail(f"the Celery worker exited at start:\n{(tmp_path / 'worker.log').read_text()}")
-    try:
+    with celery_worker(env, tmp_path / "worker.log", "--concurrency", "2", "--pool", "threads"):
         yield settings
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
-        if worker.returncode not in (0, -15):
-            print((tmp_path / "worker.log").read_text())
 
 
 def test_jobs_run_on_a_celery_worker(production: Settings) -> None:
