@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import Depends, HTTPException, Request, status
@@ -29,6 +29,8 @@ from dspo.db import utcnow
 from dspo.models import ApiToken, User
 from dspo.runtime import Runtime
 from dspo.security import hash_token
+
+RowT = TypeVar("RowT")
 
 SESSION_COOKIE = "dspo_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -201,3 +203,11 @@ async def get_admin(user: CurrentUser) -> Principal:
 
 
 AdminUser = Annotated[Principal, Depends(get_admin)]
+
+
+def get_or_404(session: Session, model: type[RowT], ident: int, what: str) -> RowT:
+    """The row of `model` with this primary key, or a 404 that names what was asked for."""
+    row = session.get(model, ident)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} does not exist")
+    return row

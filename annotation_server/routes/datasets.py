@@ -10,11 +10,12 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from annotation_server.deps import AdminUser, RuntimeDep, SessionDep
+from annotation_server.deps import AdminUser, RuntimeDep, SessionDep, get_or_404
+from annotation_server.routes.projects import get_project
 from dspo.aggregate import agreement
 from dspo.datasets import BuildSettings, DatasetBuildError, published_file, records_path, request_dataset
 from dspo.exports import EXPORTS
-from dspo.models import Dataset, Project
+from dspo.models import Dataset
 
 router = APIRouter(tags=["datasets"])
 
@@ -61,15 +62,8 @@ class RecordsPage(BaseModel):
     records: list[dict[str, Any]]
 
 
-def _dataset(session: SessionDep, dataset_id: int) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} does not exist")
-    return dataset
-
-
 def _published(session: SessionDep, dataset_id: int) -> Dataset:
-    dataset = _dataset(session, dataset_id)
+    dataset = get_or_404(session, Dataset, dataset_id, "dataset")
     if dataset.state != "published":
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"dataset {dataset_id} is {dataset.state}, not published"
@@ -117,7 +111,7 @@ def build_dataset(
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetOut)
 def read_dataset(dataset_id: int, _: AdminUser, session: SessionDep) -> Dataset:
-    return _dataset(session, dataset_id)
+    return get_or_404(session, Dataset, dataset_id, "dataset")
 
 
 @router.get("/datasets/{dataset_id}/files/{name:path}", response_class=FileResponse)
@@ -168,6 +162,5 @@ def records(
 def project_agreement(project_id: int, _: AdminUser, session: SessionDep) -> dict[str, Any]:
     """Krippendorff's alpha over the best and over the worst choices, and each annotator's agreement
     with the plurality consensus."""
-    if session.get(Project, project_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"project {project_id} does not exist")
+    get_project(session, project_id)
     return agreement(session, project_id)

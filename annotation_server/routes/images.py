@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from annotation_server.deps import AdminUser, CurrentUser, RuntimeDep, SessionDep
+from annotation_server.deps import AdminUser, CurrentUser, RuntimeDep, SessionDep, get_or_404
 from dspo.blobs import BlobNotFound, BlobStore
 from dspo.images import encode_png, png_to_mask, render_instance_crop, upsample
 from dspo.models import Candidate, Instance, Project, Source, Task
@@ -53,26 +53,19 @@ def _derived(runtime_root: Path, key: str, render: Callable[[], bytes]) -> tuple
     return data, digest
 
 
-def _get(session: Session, model, ident: int, what: str):  # type: ignore[no-untyped-def]
-    row = session.get(model, ident)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} does not exist")
-    return row
-
-
 def _open(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 @router.get("/sources/{source_id}/lq", response_class=Response)
 def source_lq(source_id: int, request: Request, _: CurrentUser, session: SessionDep, runtime: RuntimeDep):
-    source = _get(session, Source, source_id, "source")
+    source = get_or_404(session, Source, source_id, "source")
     return _png_response(request, _blob(runtime.blobs, source.lq_sha256, "the LQ image"), source.lq_sha256)
 
 
 @router.get("/sources/{source_id}/hq", response_class=Response)
 def source_hq(source_id: int, request: Request, _: AdminUser, session: SessionDep, runtime: RuntimeDep):
-    source = _get(session, Source, source_id, "source")
+    source = get_or_404(session, Source, source_id, "source")
     return _png_response(request, _blob(runtime.blobs, source.hq_sha256, "the HQ image"), source.hq_sha256)
 
 
@@ -80,7 +73,7 @@ def source_hq(source_id: int, request: Request, _: AdminUser, session: SessionDe
 def candidate_image(
     candidate_id: int, request: Request, _: CurrentUser, session: SessionDep, runtime: RuntimeDep
 ):
-    candidate = _get(session, Candidate, candidate_id, "candidate")
+    candidate = get_or_404(session, Candidate, candidate_id, "candidate")
     return _png_response(request, _blob(runtime.blobs, candidate.sha256, "the candidate"), candidate.sha256)
 
 
@@ -88,14 +81,14 @@ def candidate_image(
 def instance_mask(
     instance_id: int, request: Request, _: CurrentUser, session: SessionDep, runtime: RuntimeDep
 ):
-    instance = _get(session, Instance, instance_id, "instance")
+    instance = get_or_404(session, Instance, instance_id, "instance")
     return _png_response(
         request, _blob(runtime.blobs, instance.mask_sha256, "the mask"), instance.mask_sha256
     )
 
 
 def _task_parts(session: Session, task_id: int) -> tuple[Task, Source, Instance | None, int]:
-    task = _get(session, Task, task_id, "task")
+    task = get_or_404(session, Task, task_id, "task")
     source = session.get(Source, task.source_id)
     project = session.get(Project, task.project_id)
     assert source is not None and project is not None
@@ -115,7 +108,7 @@ def task_candidate(
 ):
     """The candidate cropped to the task's instance, with the mask outline unless outline=false."""
     task, _source, instance, _scale = _task_parts(session, task_id)
-    candidate = _get(session, Candidate, candidate_id, "candidate")
+    candidate = get_or_404(session, Candidate, candidate_id, "candidate")
     if candidate.source_id != task.source_id:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"candidate {candidate_id} is not in task {task_id}")
     if instance is None:

@@ -1,9 +1,9 @@
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from annotation_server.deps import AdminUser, SessionDep
+from annotation_server.deps import AdminUser, SessionDep, get_or_404
 from annotation_server.schemas import JobOut
 from dspo.models import Job
 
@@ -30,7 +30,4 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut)
 def read_job(job_id: int, _: AdminUser, session: SessionDep) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} does not exist")
-    return job
+    return get_or_404(session, Job, job_id, "job")

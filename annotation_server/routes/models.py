@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from annotation_server.deps import AdminUser, CurrentUser, RuntimeDep, SessionDep
+from annotation_server.routes.projects import get_project
 from dspo.dataset_format import sha256_file
 from dspo.models import Dataset, Job, ModelVersion, Project
 from dspo.retrain import TRAIN_JOB
@@ -61,16 +62,9 @@ class RetrainSettings(BaseModel):
     )
 
 
-def _project(session: SessionDep, project_id: int) -> Project:
-    project = session.get(Project, project_id)
-    if project is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"project {project_id} does not exist")
-    return project
-
-
 @router.get("/projects/{project_id}/model-versions", response_model=list[ModelVersionOut])
 def list_model_versions(project_id: int, _: CurrentUser, session: SessionDep) -> list[ModelVersion]:
-    _project(session, project_id)
+    get_project(session, project_id)
     stmt = select(ModelVersion).where(ModelVersion.project_id == project_id).order_by(ModelVersion.id)
     return list(session.scalars(stmt))
 
@@ -84,7 +78,7 @@ def register_model_version(
     project_id: int, body: ModelVersionIn, _: AdminUser, session: SessionDep
 ) -> ModelVersion:
     """Register a LoRA trained elsewhere (scheduled retraining registers its own)."""
-    _project(session, project_id)
+    get_project(session, project_id)
     lora = Path(body.lora_path) / LORA_FILE
     if not lora.is_file():
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{lora} does not exist")
@@ -111,7 +105,7 @@ def use_model_version(
 ) -> ModelVersion | None:
     """Make the project generate its next candidates with this model version (the `diffusion`
     generator, base model plus LoRA), or with no LoRA (null)."""
-    project = _project(session, project_id)
+    project = get_project(session, project_id)
     settings = dict(project.generator_settings) if project.generator == "diffusion" else {}
     version = None
     if body.model_version_id is None:
@@ -133,7 +127,7 @@ def use_model_version(
 @router.put("/projects/{project_id}/retraining", response_model=RetrainSettings)
 def set_retraining(project_id: int, body: RetrainSettings, _: AdminUser, session: SessionDep) -> Project:
     """K new accepted votes since the last dataset trigger a build, then training on the `gpu` queue."""
-    project = _project(session, project_id)
+    project = get_project(session, project_id)
     for name, value in body.model_dump().items():
         setattr(project, name, value)
     session.commit()

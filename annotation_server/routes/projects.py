@@ -5,7 +5,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from annotation_server.deps import AdminUser, CurrentUser, RuntimeDep, SessionDep
+from annotation_server.deps import AdminUser, CurrentUser, RuntimeDep, SessionDep, get_or_404
 from annotation_server.schemas import (
     AnnotatorCount,
     ProjectCreate,
@@ -25,10 +25,7 @@ router = APIRouter(prefix="/projects", tags=["projects"])
 
 
 def get_project(session: Session, project_id: int) -> Project:
-    project = session.get(Project, project_id)
-    if project is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"project {project_id} does not exist")
-    return project
+    return get_or_404(session, Project, project_id, "project")
 
 
 @router.get("", response_model=list[ProjectOut])

@@ -6,7 +6,7 @@ from sqlalchemy import Row, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from annotation_server.deps import CurrentUser, Principal, RuntimeDep, SessionDep
+from annotation_server.deps import CurrentUser, Principal, RuntimeDep, SessionDep, get_or_404
 from annotation_server.routes.projects import get_project
 from annotation_server.schemas import CandidateView, ProgressOut, SkipIn, TaskOut, VoteIn, VoteOut
 from dspo import assign
@@ -141,8 +141,7 @@ def skip(
 @router.post("/tasks/{task_id}/release", status_code=status.HTTP_204_NO_CONTENT)
 def release(task_id: int, user: CurrentUser, session: SessionDep) -> None:
     """Give back a leased task unanswered; it may be offered to you again later."""
-    if session.get(Task, task_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} does not exist")
+    get_or_404(session, Task, task_id, "task")
     if not assign.release_task(session, task_id=task_id, user_id=user.id):
         raise HTTPException(status.HTTP_409_CONFLICT, f"you hold no lease on task {task_id}")
     session.commit()
@@ -151,8 +150,7 @@ def release(task_id: int, user: CurrentUser, session: SessionDep) -> None:
 @router.get("/tasks/{task_id}/votes", response_model=list[VoteOut])
 def task_votes(task_id: int, user: CurrentUser, session: SessionDep) -> list[Vote]:
     """Admins see every vote on the task; annotators only their own."""
-    if session.get(Task, task_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} does not exist")
+    get_or_404(session, Task, task_id, "task")
     stmt = select(Vote).where(Vote.task_id == task_id).order_by(Vote.id)
     if user.role != "admin":
         stmt = stmt.where(Vote.user_id == user.id)

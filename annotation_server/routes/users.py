@@ -2,7 +2,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from annotation_server.deps import AdminUser, SessionDep, TokenCacheDep
+from annotation_server.deps import AdminUser, SessionDep, TokenCacheDep, get_or_404
 from annotation_server.schemas import UserCreate, UserOut, UserUpdate
 from dspo.models import User
 from dspo.security import hash_password
@@ -26,23 +26,16 @@ def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> User:
     return user
 
 
-def _get_user(session: SessionDep, user_id: int) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} does not exist")
-    return user
-
-
 @router.get("/{user_id}", response_model=UserOut)
 def get_user(user_id: int, _: AdminUser, session: SessionDep) -> User:
-    return _get_user(session, user_id)
+    return get_or_404(session, User, user_id, "user")
 
 
 @router.patch("/{user_id}", response_model=UserOut)
 def update_user(
     user_id: int, body: UserUpdate, admin: AdminUser, session: SessionDep, cache: TokenCacheDep
 ) -> User:
-    user = _get_user(session, user_id)
+    user = get_or_404(session, User, user_id, "user")
     if user.id == admin.id and (body.role == "annotator" or body.is_active is False):
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot demote or deactivate yourself")
     if body.password is not None:
