@@ -7,16 +7,7 @@ import dataclasses
 import json
 import sys
 
-from trainer.config import LOSSES, MIXED_PRECISION, TrainConfig
-from trainer.losses import LOSS_TYPES, REGULARISERS
-
-CHOICES = {
-    "backbone": ("upscaler", "onestep"),
-    "loss": LOSSES,
-    "loss_type": LOSS_TYPES,
-    "reg": REGULARISERS,
-    "mixed_precision": MIXED_PRECISION,
-}
+from trainer.config import CHOICES, TrainConfig
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

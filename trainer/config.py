@@ -8,6 +8,14 @@ from trainer.losses import LOSS_TYPES, REGULARISERS
 
 LOSSES = ("dspo", "dpo", "sft")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# The allowed values of the fields that take one of a few; the CLI offers them as its flags' choices.
+CHOICES = {
+    "backbone": ("upscaler", "onestep"),
+    "loss": LOSSES,
+    "loss_type": LOSS_TYPES,
+    "reg": REGULARISERS,
+    "mixed_precision": MIXED_PRECISION,
+}
 
 
 @dataclasses.dataclass
@@ -52,14 +60,7 @@ class TrainConfig:
     peak_tflops: float | None = None  # for MFU when the GPU is not in the built-in table
 
     def __post_init__(self) -> None:
-        choices = {
-            "backbone": ("upscaler", "onestep"),
-            "loss": LOSSES,
-            "loss_type": LOSS_TYPES,
-            "reg": REGULARISERS,
-            "mixed_precision": MIXED_PRECISION,
-        }
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         self.buckets = tuple(self.buckets)
