@@ -8,7 +8,7 @@ Lock order is always lease rows before task rows, so reclaiming, voting and rele
 
 `next` and `vote` are what every annotator calls in a loop, so they are written as a handful of Core
 statements on the tables (no ORM unit of work): a few round trips per request is what makes the loop
-fast. The rarer paths (undo, replays, release) use the ORM.
+fast. Undo and the lookups after a failed vote, which are rare, load Vote rows through the ORM.
 """
 
 import hashlib
@@ -99,11 +99,6 @@ def shown_order(task_id: int, user_id: int, candidate_ids: list[int]) -> list[in
     order = sorted(candidate_ids)
     random.Random(seed).shuffle(order)
     return order
-
-
-def candidate_ids(session: Session, source_id: int) -> list[int]:
-    stmt = select(candidates.c.id).where(candidates.c.source_id == source_id).order_by(candidates.c.position)
-    return list(session.scalars(stmt))
 
 
 # The statements of `next` and `vote`, built once: building and hashing a statement costs about as much
@@ -299,16 +294,6 @@ def _take_lease(session: Session, task_id: int, user_id: int) -> bool:
     return session.scalars(_TAKE_LEASE, {"tid": task_id, "user_id": user_id}).first() is not None
 
 
-def _lock_task(session: Session, task_id: int) -> Task:
-    stmt = select(Task).where(Task.id == task_id)
-    if _postgres(session):
-        stmt = stmt.with_for_update()
-    task = session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
-    if task is None:
-        raise NotFound(f"task {task_id} does not exist")
-    return task
-
-
 def _same_vote(vote: Vote, task_id: int, data: VoteInput) -> bool:
     return (
         vote.task_id == task_id
@@ -320,16 +305,21 @@ def _same_vote(vote: Vote, task_id: int, data: VoteInput) -> bool:
     )
 
 
-def find_replay(session: Session, *, task_id: int, user_id: int, data: VoteInput) -> Vote | None:
-    """The vote this submission id already produced, if any; a reused id with other content is a 409."""
-    stmt = select(Vote).where(Vote.user_id == user_id, Vote.client_submission_id == data.client_submission_id)
-    previous = session.scalars(stmt).first()
-    if previous is not None and not _same_vote(previous, task_id, data):
+def _replayed(previous: Vote, task_id: int, data: VoteInput) -> Vote:
+    """The vote a submission id produced, if this submission repeats it; a reused id is a Conflict."""
+    if not _same_vote(previous, task_id, data):
         raise Conflict(
             f"client_submission_id {data.client_submission_id!r} was already used for another answer "
             f"(vote {previous.id}); use a new id for a new answer"
         )
     return previous
+
+
+def find_replay(session: Session, *, task_id: int, user_id: int, data: VoteInput) -> Vote | None:
+    """The vote this submission id already produced, if any; a reused id with other content is a 409."""
+    stmt = select(Vote).where(Vote.user_id == user_id, Vote.client_submission_id == data.client_submission_id)
+    previous = session.scalars(stmt).first()
+    return None if previous is None else _replayed(previous, task_id, data)
 
 
 def earlier_answer(session: Session, *, task_id: int, user_id: int, data: VoteInput) -> Vote | None:
@@ -341,8 +331,9 @@ def earlier_answer(session: Session, *, task_id: int, user_id: int, data: VoteIn
         or_(Vote.client_submission_id == data.client_submission_id, Vote.task_id == task_id),
     )
     found = session.scalars(stmt).all()
-    if any(vote.client_submission_id == data.client_submission_id for vote in found):
-        return find_replay(session, task_id=task_id, user_id=user_id, data=data)
+    for vote in found:
+        if vote.client_submission_id == data.client_submission_id:
+            return _replayed(vote, task_id, data)
     for vote in found:
         raise Conflict(f"you already answered task {task_id} (vote {vote.id}, {vote.outcome})")
     return None
@@ -423,9 +414,14 @@ def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput
             "created_at": now,
         },
     ).one()
-    state = "complete" if count >= task.required_votes else "open"
-    session.execute(_COUNT_VOTE, {"tid": task_id, "new_slots": slots, "new_count": count, "new_state": state})
+    _set_counts(session, task_id, task.required_votes, slots, count)
     return vote
+
+
+def _set_counts(session: Session, task_id: int, required_votes: int, slots: int, count: int) -> None:
+    """Write the task's slots and counted answers (the row is locked); it is complete at k answers."""
+    state = "complete" if count >= required_votes else "open"
+    session.execute(_COUNT_VOTE, {"tid": task_id, "new_slots": slots, "new_count": count, "new_state": state})
 
 
 def replace_vote(
@@ -451,29 +447,26 @@ def replace_vote(
         # Unless the annotator answered the task otherwise since (a stale undo): then it is a Conflict.
         earlier_answer(session, task_id=task_id, user_id=user_id, data=data)
         return submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=now), True
-    task = _lock_task(session, task_id)
+    task = _lock_task_for_vote(session, task_id)
     # Read again under the task lock: a concurrent replacement of the same vote has finished by now.
     old = session.scalars(stmt.execution_options(populate_existing=True)).first()
     if old is None or old.task_id != task_id:
         raise Conflict(f"submission {replaces_submission_id!r} is not your current answer to task {task_id}")
     if now - old.created_at > grace:
         raise Conflict(f"vote {old.id} is older than {grace.total_seconds():.0f} s: too late to undo it")
-    _validate(data, candidate_ids(session, task.source_id))
-    project = session.get(Project, task.project_id)
-    assert project is not None
-    _check_texts(project.require_content, project.require_defect, data)
+    _validate(data, _ids(task.candidate_ids))
+    _check_texts(task.require_content, task.require_defect, data)
 
+    slots, count = task.slots_taken, task.vote_count
     was_counted = old.outcome in COUNTED_OUTCOMES
     counted = data.outcome in COUNTED_OUTCOMES
     if counted and not was_counted:
-        if task.slots_taken >= task.required_votes:
+        if slots >= task.required_votes:
             raise Conflict(f"task {task_id} was filled by others after you skipped it; your skip stays")
-        task.slots_taken += 1
-        task.vote_count += 1
+        slots, count = slots + 1, count + 1
     elif was_counted and not counted:
-        task.slots_taken -= 1
-        task.vote_count -= 1
-    task.state = "complete" if task.vote_count >= task.required_votes else "open"
+        slots, count = slots - 1, count - 1
+    _set_counts(session, task_id, task.required_votes, slots, count)
 
     session.add(
         VoteRevision(
@@ -502,7 +495,5 @@ def release_task(session: Session, *, task_id: int, user_id: int) -> bool:
     """Give a leased task back without answering; False if the annotator held no lease on it."""
     if not _take_lease(session, task_id, user_id):
         return False
-    task = _lock_task(session, task_id)
-    task.slots_taken -= 1
-    session.flush()
+    session.execute(_FREE_SLOTS, {"tid": task_id, "n": 1})
     return True
