@@ -28,11 +28,15 @@ REDIS_URL = os.environ.get("DSPO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def unavailable(what: str, error: Exception) -> None:
-    message = f"{what} is not reachable ({error.__class__.__name__}: {error})"
+def cannot_run(message: str) -> None:
+    """Skip, saying why, on a developer machine; on CI (CI=true) every test must run, so fail there."""
     if ON_CI:
-        pytest.fail(f"{message}; on CI it must run (start it as ../shared/ENVIRONMENT.md says)")
-    pytest.skip(f"{message}; start it to run this test")
+        pytest.fail(f"{message}. On CI this test must run.")
+    pytest.skip(message)
+
+
+def unavailable(what: str, error: Exception) -> None:
+    cannot_run(f"{what} is not reachable ({error.__class__.__name__}: {error}); start it to run this test")
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from dspo.migrate import upgrade
 from dspo.models import Task, Vote
 from dspo.runtime import Runtime
 from dspo.settings import Settings
-from tests.conftest import ON_CI
+from tests.conftest import cannot_run
 from tests.helpers import login, png_bytes, wait_for_jobs
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -33,10 +33,7 @@ VIEWPORT = {"width": 1280, "height": 800}
 
 
 def missing(what: str) -> None:
-    message = f"{what}; `bash scripts/test.sh` installs it"
-    if ON_CI:
-        pytest.fail(f"{message}. On CI the browser tests must run.")
-    pytest.skip(message)
+    cannot_run(f"{what}; `bash scripts/test.sh` installs it")
 
 
 def photo_png(width: int, height: int) -> bytes:
