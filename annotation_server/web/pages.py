@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, sta
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import case, delete, exists, func, select
+from sqlalchemy import case, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,11 +25,12 @@ from annotation_server.deps import (
     csrf_token_for,
     user_for_token,
 )
+from annotation_server.routes.auth import issue_token, revoke_token
 from annotation_server.routes.projects import compute_stats, get_project
 from annotation_server.schemas import ProjectCreate, UserCreate
 from dspo.db import utcnow
-from dspo.models import ApiToken, Job, Project, Task, User, Vote
-from dspo.security import hash_password, hash_token, new_token, verify_password
+from dspo.models import Job, Project, Task, User, Vote
+from dspo.security import hash_password
 
 LOGIN_CSRF_COOKIE = "dspo_login_csrf"
 M = TypeVar("M", bound=BaseModel)
@@ -108,29 +109,23 @@ def login(
     expected = request.cookies.get(LOGIN_CSRF_COOKIE)
     if not expected or not secrets.compare_digest(expected, csrf_token):
         return login_page(request, next, "Your login form was stale. Please try again.")
-    user = session.scalars(select(User).where(User.username == username)).first()
-    if user is None or not user.is_active or not verify_password(user.password_hash, password):
+    issued = issue_token(session, username, password, runtime.settings.token_hours)
+    if issued is None:
         response = login_page(request, next, "Wrong username or password, or the account is inactive.")
         response.status_code = status.HTTP_401_UNAUTHORIZED
         return response
-    token, token_hash = new_token()
-    lifetime = timedelta(hours=runtime.settings.token_hours)
-    session.add(ApiToken(user_id=user.id, token_hash=token_hash, expires_at=utcnow() + lifetime))
     session.commit()
+    token, _ = issued
     response = RedirectResponse(_local_path(next), status_code=status.HTTP_303_SEE_OTHER)
-    response.set_cookie(
-        SESSION_COOKIE, token, max_age=int(lifetime.total_seconds()), path="/", **_cookie_args(request)
-    )
+    max_age = runtime.settings.token_hours * 3600
+    response.set_cookie(SESSION_COOKIE, token, max_age=max_age, path="/", **_cookie_args(request))
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 
 
 @router.post("/logout")
 def logout(request: Request, _: CurrentUser, session: SessionDep, cache: TokenCacheDep) -> RedirectResponse:
-    token_hash = hash_token(request.cookies.get(SESSION_COOKIE) or "")
-    session.execute(delete(ApiToken).where(ApiToken.token_hash == token_hash))
-    session.commit()
-    cache.forget_token(token_hash)
+    revoke_token(session, cache, request.cookies.get(SESSION_COOKIE) or "")
     response = RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
