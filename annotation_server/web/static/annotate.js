@@ -585,15 +585,27 @@
     }
   }
 
-  function toggleFlicker() {
-    if (!state.task) return;
-    if (state.mode === "flicker") return stopModes();
-    const [a, b] = pair();
+  // Flicker and compare show two candidates in place of the grid; pressing a mode's key again leaves it.
+  // Returns the pair to show, or null when the mode was left (or there is no task).
+  function enterMode(mode) {
+    if (!state.task) return null;
+    if (state.mode === mode) {
+      stopModes();
+      return null;
+    }
+    const shown = pair();
     stopModes();
-    state.mode = "flicker";
+    state.mode = mode;
     $("grid").hidden = true;
-    $("flicker").hidden = false;
-    $("btn-flicker").setAttribute("aria-pressed", "true");
+    $(mode).hidden = false;
+    $(`btn-${mode}`).setAttribute("aria-pressed", "true");
+    return shown;
+  }
+
+  function toggleFlicker() {
+    const shown = enterMode("flicker");
+    if (!shown) return;
+    const [a, b] = shown;
     const img = $("flicker-img");
     const flip = () => {
       const c = state.flickerIndex++ % 2 === 0 ? a : b;
@@ -607,14 +619,9 @@
   }
 
   function toggleCompare() {
-    if (!state.task) return;
-    if (state.mode === "compare") return stopModes();
-    const [a, b] = pair();
-    stopModes();
-    state.mode = "compare";
-    $("grid").hidden = true;
-    $("compare").hidden = false;
-    $("btn-compare").setAttribute("aria-pressed", "true");
+    const shown = enterMode("compare");
+    if (!shown) return;
+    const [a, b] = shown;
     $("compare-over").src = candidateUrl(state.task, a);
     $("compare-over").alt = `Candidate ${a.label}, left of the split`;
     $("compare-under").src = candidateUrl(state.task, b);
