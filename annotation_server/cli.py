@@ -8,13 +8,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import func, select
 
 from dspo import jobs
-from dspo.cli import ensure_user
-from dspo.db import session_scope
+from dspo.generators import generator_class
 from dspo.images import encode_png
-from dspo.ingest import add_source
 from dspo.migrate import upgrade
 from dspo.models import Job, Project, Task
 from dspo.runtime import Runtime
+from dspo.services import projects, uploads
+from dspo.services.users import ensure_user
 from dspo.settings import get_settings
 
 DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -33,6 +33,9 @@ def serve(host: str, port: int, workers: int = 1) -> None:
         workers=workers,
         log_level="warning",
         access_log=False,
+        # The app trusts the same proxies (annotation_server.main); both read DSPO_TRUSTED_PROXIES.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
     )
 
 
@@ -42,10 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _demo_generator() -> str:
+    """realesrgan if it can run here (its extra and system libraries are installed), else classical."""
     try:
-        from worker.generators import get_generator
-
-        get_generator("realesrgan")
+        generator_class("realesrgan")()
         return "realesrgan"
     except Exception:
         return "classical"
@@ -91,48 +93,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     annotator_password = ensure_user(runtime, "annotator", "annotator")
     generator = args.generator or _demo_generator()
 
-    with session_scope(runtime.sessions) as session:
+    with runtime.sessions() as session:
         project = session.scalars(select(Project).where(Project.name == "demo")).first()
         if project is None:
-            project = Project(
-                name="demo",
-                instructions="Pick the candidate that looks most like a real, sharp photograph of this "
+            fields = {
+                "name": "demo",
+                "instructions": "Pick the candidate that looks most like a real, sharp photograph of this "
                 "region, and the one that looks least like it. Say what the region really shows.",
-                n_candidates=settings.default_candidates,
-                overlap=settings.default_overlap,
-                scale=4,
-                generator=generator,
-                generator_settings={},
-                segmenter="felzenszwalb",
-                segmenter_settings={},
-                min_area_fraction=0.01,
-            )
-            session.add(project)
-            session.flush()
+                "generator": generator,
+                "min_area_fraction": 0.01,
+            }
+            project = projects.create_project(session, settings, fields)
         project_id = project.id
 
     print(
         f"demo project {project_id}: {len(DEMO_PHOTOS)} photographs from scikit-image, degraded x4, "
         f"candidates from the {generator!r} generator"
     )
-    specs = []
-    with runtime.sessions() as session:
-        project = session.get(Project, project_id)
-        for name in DEMO_PHOTOS[: args.images]:
-            photo = Image.fromarray(getattr(photos, name)()).convert("RGB")
-            source, duplicate = add_source(
-                session,
-                runtime.blobs,
-                project,
-                encode_png(photo),
-                filename=f"{name}.png",
-                kind="hq",
-                prompt=name,
-                max_pixels=settings.max_image_pixels,
-            )
-            if not duplicate:
-                specs.append(jobs.JobSpec("ingest", {"source_id": source.id}, project_id))
-    jobs.submit(runtime, specs)
+    for name in DEMO_PHOTOS[: args.images]:
+        photo = Image.fromarray(getattr(photos, name)()).convert("RGB")
+        uploads.upload_image(
+            runtime, project_id, encode_png(photo), filename=f"{name}.png", kind="hq", prompt=name
+        )
     counts = wait_for_jobs(runtime, project_id)
     with runtime.sessions() as session:
         n_tasks = session.scalar(select(func.count()).select_from(Task).where(Task.project_id == project_id))

@@ -1,16 +1,135 @@
-"""Request and response models of the REST API."""
+"""Request and response models of the REST API, the bounded types they are made of, and the error
+answers every route documents.
 
-from datetime import datetime
-from typing import Any, Literal
+Every input has the range of the column it ends in: ids 1 .. 2^31-1 for Integer columns and
+1 .. 2^63-1 for the BigInteger ones (tasks, votes), counts within Integer, strings no longer than
+their columns and without NUL characters (PostgreSQL cannot store them), floats finite. Anything
+else is a 422 that says which field and why, never a server error."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Path, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from dspo.exports import EXPORTS
+from dspo.services import users
+from dspo.training import LORA_FILE
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+JSON_MAX_DEPTH = 32
 
 Role = Literal["admin", "annotator"]
 Outcome = Literal["pick", "tie", "all_bad", "skip"]
 
 
+# --- Bounded types ------------------------------------------------------------------------------------
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    return value
+
+
+def _plain_json(value: Any) -> Any:
+    """JSON whose strings (keys included) have no NUL characters, nested at most JSON_MAX_DEPTH deep."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > JSON_MAX_DEPTH:
+            raise ValueError(f"must not be nested more than {JSON_MAX_DEPTH} levels deep")
+        if isinstance(item, str):
+            _no_nul(item)
+        elif isinstance(item, dict):
+            pending += [(key, depth + 1) for key in item] + [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            pending += [(v, depth + 1) for v in item]
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """An aware UTC datetime (a naive one is taken as UTC); one that UTC cannot hold is refused."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+JSONObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
+Id = Annotated[int, Field(ge=1, le=INT32_MAX)]
+BigId = Annotated[int, Field(ge=1, le=INT64_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+UTCDatetime = Annotated[datetime, AfterValidator(_utc)]
+Username = Annotated[
+    str, Field(min_length=1, max_length=users.USERNAME_MAX_LENGTH, pattern=users.USERNAME_PATTERN)
+]
+Password = Annotated[Text, Field(min_length=users.PASSWORD_MIN_LENGTH, max_length=users.PASSWORD_MAX_LENGTH)]
+SubmissionId = Annotated[Text, Field(min_length=1, max_length=64)]
+
+# Path and query parameters
+IdPath = Annotated[int, Path(ge=1, le=INT32_MAX)]
+BigIdPath = Annotated[int, Path(ge=1, le=INT64_MAX)]
+Offset = Annotated[int, Query(ge=0, le=INT32_MAX)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+ProjectFilter = Annotated[int | None, Query(ge=1, le=INT32_MAX)]
+
+
+# --- Errors -------------------------------------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="what went wrong and what to do")
+
+
+class ValidationErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="why the input is invalid: a message, or one entry per invalid field"
+    )
+
+
+ERRORS: dict[int, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body is not a well-formed multipart form."},
+    401: {"model": ErrorOut, "description": "Not logged in, or the token expired or was revoked."},
+    403: {"model": ErrorOut, "description": "Needs the admin role, or a cookie session's CSRF token."},
+    404: {"model": ErrorOut, "description": "What the path names does not exist."},
+    409: {"model": ErrorOut, "description": "Conflicts with the current state; `detail` says how."},
+    413: {"model": ErrorOut, "description": "The request body is larger than this route takes."},
+    422: {"model": ValidationErrorOut, "description": "Invalid input; `detail` says which and why."},
+    429: {
+        "model": ErrorOut,
+        "description": "Too many failed logins for this user name or address.",
+        "headers": {
+            "Retry-After": {"description": "seconds until a login may succeed", "schema": {"type": "integer"}}
+        },
+    },
+}
+
+
+def validation_message(problems: Sequence[Any]) -> str:
+    """Pydantic's errors (`exc.errors()`) as one line: `field: problem; field: problem`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in problems)
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route."""
+    return {code: ERRORS[code] for code in codes}
+
+
+# --- Accounts -----------------------------------------------------------------------------------------
+
+
 class ORMModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+class LoginForm(BaseModel):
+    username: Annotated[Text, Field(max_length=256)]
+    password: Annotated[Text, Field(max_length=users.PASSWORD_MAX_LENGTH)]
 
 
 class TokenOut(BaseModel):
@@ -20,15 +139,15 @@ class TokenOut(BaseModel):
 
 
 class UserCreate(BaseModel):
-    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
-    password: str = Field(min_length=8, max_length=256)
+    username: Username
+    password: Password
     role: Role = "annotator"
 
 
 class UserUpdate(BaseModel):
-    password: str | None = Field(default=None, min_length=8, max_length=256)
+    password: Password | None = Field(default=None, description="a new password ends all the user's sessions")
     role: Role | None = None
-    is_active: bool | None = None
+    is_active: bool | None = Field(default=None, description="false ends all the user's sessions")
 
 
 class UserOut(ORMModel):
@@ -39,25 +158,28 @@ class UserOut(ORMModel):
     created_at: datetime
 
 
+# --- Projects and uploads -----------------------------------------------------------------------------
+
+
 class ProjectCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    instructions: str = ""
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    instructions: Annotated[Text, Field(max_length=20_000)] = ""
     n_candidates: int | None = Field(default=None, ge=2, le=16, description="N; default from settings")
     overlap: int | None = Field(default=None, ge=1, le=20, description="k; default from settings")
     scale: Literal[2, 4] = 4
-    generator: str = "classical"
-    generator_settings: dict[str, Any] = Field(default_factory=dict)
-    segmenter: str = "felzenszwalb"
-    segmenter_settings: dict[str, Any] = Field(default_factory=dict)
-    min_area_fraction: float = Field(default=0.005, ge=0, lt=1)
-    contested_threshold: float | None = Field(default=None, ge=0)
+    generator: Annotated[Text, Field(min_length=1, max_length=32)] = "classical"
+    generator_settings: JSONObject = Field(default_factory=dict)
+    segmenter: Annotated[Text, Field(min_length=1, max_length=32)] = "felzenszwalb"
+    segmenter_settings: JSONObject = Field(default_factory=dict)
+    min_area_fraction: float = Field(default=0.005, ge=0, lt=1, allow_inf_nan=False)
+    contested_threshold: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     image_level_tasks: bool = True
     require_content: bool = Field(default=False, description="every answer must say what the region shows")
     require_defect: bool = Field(default=False, description="every pick must say what is wrong in the worst")
 
 
 class ProjectUpdate(BaseModel):
-    instructions: str | None = None
+    instructions: Annotated[Text, Field(max_length=20_000)] | None = None
     overlap: int | None = Field(default=None, ge=1, le=20)
     require_content: bool | None = None
     require_defect: bool | None = None
@@ -82,6 +204,13 @@ class ProjectOut(ORMModel):
     created_at: datetime
 
 
+class UploadFields(BaseModel):
+    """The form fields of an upload besides the file."""
+
+    kind: Literal["lq", "hq"] = Field(default="lq", description="lq: use as is; hq: synthesise the LQ image")
+    prompt: Annotated[Text, Field(max_length=1000)] = ""
+
+
 class SourceOut(ORMModel):
     id: int
     project_id: int
@@ -97,6 +226,8 @@ class SourceOut(ORMModel):
 
 
 class UploadOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     source: SourceOut
     duplicate: bool = Field(description="true when the same file was uploaded before; nothing new was made")
     job_id: int | None = None
@@ -116,6 +247,9 @@ class JobOut(ORMModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+# --- Annotation ---------------------------------------------------------------------------------------
 
 
 class CandidateView(BaseModel):
@@ -141,24 +275,23 @@ class TaskOut(BaseModel):
 
 class VoteIn(BaseModel):
     outcome: Outcome = "pick"
-    best_candidate_id: int | None = None
-    worst_candidate_id: int | None = None
-    content_text: str = Field(default="", max_length=500)
-    defect_text: str = Field(default="", max_length=500)
-    lead_time_ms: int | None = Field(default=None, ge=0)
-    client_submission_id: str = Field(
-        min_length=1, max_length=64, description="unique per answer; a retry with the same id is safe"
+    best_candidate_id: Id | None = None
+    worst_candidate_id: Id | None = None
+    content_text: Annotated[Text, Field(max_length=500)] = ""
+    defect_text: Annotated[Text, Field(max_length=500)] = ""
+    lead_time_ms: Count | None = None
+    client_submission_id: SubmissionId = Field(
+        description="unique per answer; a retry with the same id is safe"
     )
-    replaces_submission_id: str | None = Field(
+    replaces_submission_id: Annotated[Text, Field(max_length=64)] | None = Field(
         default=None,
-        max_length=64,
         description="undo: this answer replaces the one sent with that client_submission_id (within 10 "
         "minutes); the replaced answer is kept in the history",
     )
 
 
 class SkipIn(BaseModel):
-    client_submission_id: str = Field(min_length=1, max_length=64)
+    client_submission_id: SubmissionId
 
 
 class VoteOut(ORMModel):
@@ -175,7 +308,7 @@ class VoteOut(ORMModel):
     created_at: datetime
 
 
-class ProgressOut(BaseModel):
+class ProgressOut(ORMModel):
     done_today: int = Field(description="your answers and skips since `since`")
     done_total: int = Field(description="your answers and skips in this project")
     left_for_you: int = Field(description="open tasks of the project that you have not answered or skipped")
@@ -183,14 +316,14 @@ class ProgressOut(BaseModel):
     ms_per_task: float | None = Field(description="your mean time per task since `since`")
 
 
-class AnnotatorCount(BaseModel):
+class AnnotatorCount(ORMModel):
     user_id: int
     username: str
     votes: int
     skips: int
 
 
-class ProjectStats(BaseModel):
+class ProjectStats(ORMModel):
     project_id: int
     sources_by_state: dict[str, int]
     tasks_by_state: dict[str, int]
@@ -201,3 +334,100 @@ class ProjectStats(BaseModel):
     live_leases: int
     annotators: list[AnnotatorCount]
     jobs_by_state: dict[str, int]
+
+
+# --- Datasets -----------------------------------------------------------------------------------------
+
+
+class BuildRequest(BaseModel):
+    min_votes: int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="answers a task needs; default its k"
+    )
+    min_agreement: Fraction = Field(default=0.5, description="share that chose winner and loser")
+    image_level: bool = Field(default=True, description="also make records from image-level tasks")
+    val_fraction: float = Field(
+        default=0.1, ge=0, lt=1, allow_inf_nan=False, description="share of source images in val"
+    )
+    seed: int = Field(default=0, ge=0, le=INT64_MAX)
+    exports: list[Annotated[Text, Field(max_length=32)]] = Field(
+        default_factory=lambda: list(EXPORTS), max_length=16, description=", ".join(EXPORTS)
+    )
+    shard_size: int = Field(default=1000, ge=1, le=100_000, description="records per WebDataset shard")
+    up_to_vote_id: BigId | None = Field(default=None, description="snapshot; default the newest vote")
+
+
+class DatasetOut(ORMModel):
+    id: int
+    project_id: int
+    version: int
+    state: str
+    max_vote_id: int
+    settings: dict[str, Any]
+    counts: dict[str, Any] | None
+    files: dict[str, Any] | None = Field(description="downloadable files: name -> size, sha256")
+    digest: str | None
+    error: str | None
+    job_id: int | None
+    created_at: datetime
+    published_at: datetime | None
+
+
+class BuildOut(BaseModel):
+    dataset: DatasetOut
+    job_id: int
+    created: bool = Field(description="false when the same dataset was asked for before")
+
+
+class RecordsPage(ORMModel):
+    total: int
+    offset: int
+    limit: int
+    records: list[dict[str, Any]]
+
+
+# --- Model versions -----------------------------------------------------------------------------------
+
+
+class ModelVersionIn(BaseModel):
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    dataset_id: Id | None = None
+    backbone: str = Field(default="upscaler", pattern="^(upscaler|onestep)$")
+    base_model: Annotated[Text, Field(min_length=1, max_length=1000)] = Field(
+        description="local diffusers folder of the base model"
+    )
+    lora_path: Annotated[Text, Field(min_length=1, max_length=1000)] = Field(
+        description=f"folder holding {LORA_FILE}"
+    )
+    metrics: JSONObject = Field(default_factory=dict)
+
+
+class ModelVersionOut(ORMModel):
+    id: int
+    project_id: int
+    name: str
+    dataset_id: int | None
+    backbone: str
+    base_model: str
+    lora_path: str
+    lora_sha256: str
+    metrics: dict[str, Any]
+    job_id: int | None
+    created_at: datetime
+
+
+class UseModel(BaseModel):
+    model_version_id: Id | None = Field(description="null: back to the base model (no LoRA)")
+
+
+class RetrainSettings(ORMModel):
+    retrain_min_votes: int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="K; null turns retraining off"
+    )
+    retrain_interval_minutes: int = Field(
+        default=60, ge=1, le=INT32_MAX, description="at most one build per interval"
+    )
+    train_settings: JSONObject = Field(
+        default_factory=dict,
+        description='{"model": folder, "backbone": "upscaler"|"onestep", "args": {flag: value}, '
+        '"dataset": {build settings}}',
+    )

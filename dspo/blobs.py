@@ -23,12 +23,17 @@ class BlobStore:
     def put(self, data: bytes) -> str:
         """Store bytes and return their sha256; writing the same bytes twice is a no-op."""
         digest = hashlib.sha256(data).hexdigest()
+        if not self.path(digest).exists():
+            self.put_as(digest, data)
+        return digest
+
+    def put_as(self, digest: str, data: bytes) -> None:
+        """Store bytes under a digest of how they were made (a derived image), replacing any file
+        there. Each writer writes its own temporary file beside the target and renames it: readers
+        never see a partial file, concurrent writers of the same name never mix their bytes, and a
+        crash leaves only a temporary file behind."""
         target = self.path(digest)
-        if target.exists():
-            return digest
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target and rename: readers never see a partial file, and a crash leaves
-        # only a temporary file behind.
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -39,7 +44,6 @@ class BlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return digest
 
     def get(self, sha256: str) -> bytes:
         try:

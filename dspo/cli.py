@@ -5,16 +5,12 @@ this shared core never imports them."""
 import argparse
 import getpass
 import logging
-import secrets
 import sys
 from importlib.metadata import entry_points
 
-from sqlalchemy import select
-
-from dspo.db import session_scope
-from dspo.models import User
+from dspo.errors import DspoError
 from dspo.runtime import Runtime
-from dspo.security import hash_password
+from dspo.services.users import ensure_user
 from dspo.settings import get_settings
 
 
@@ -27,28 +23,19 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def ensure_user(runtime: Runtime, username: str, role: str, password: str | None = None) -> str:
-    """Create the user, or reset its password and role if it exists; returns the password."""
-    password = password or secrets.token_urlsafe(12)
-    with session_scope(runtime.sessions) as session:
-        user = session.scalars(select(User).where(User.username == username)).first()
-        if user is None:
-            session.add(User(username=username, password_hash=hash_password(password), role=role))
-        else:
-            user.password_hash, user.role, user.is_active = hash_password(password), role, True
-    return password
-
-
 def cmd_user_create(args: argparse.Namespace) -> int:
     password = args.password
     if password is None and not args.generate_password:
         password = getpass.getpass(f"password for {args.username}: ")
-    if password is not None and len(password) < 8:
-        print("error: the password must have at least 8 characters", file=sys.stderr)
-        return 2
     runtime = Runtime.from_settings()
-    password = ensure_user(runtime, args.username, args.role, password)
-    print(f"user {args.username!r} ({args.role}) is ready")
+    try:
+        password = ensure_user(runtime, args.username, args.role, password)
+    except DspoError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.close()
+    print(f"user {args.username!r} ({args.role}) is ready; any sessions it had are ended")
     if args.generate_password:
         print(f"password: {password}")
     return 0

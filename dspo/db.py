@@ -1,4 +1,10 @@
-"""Engines and sessions for SQLite (embedded) and PostgreSQL (production), one code path for both."""
+"""Engines and sessions for SQLite (embedded) and PostgreSQL (production), one code path for both.
+
+Two kinds of session: read-write ones (`make_session_factory`), and read-only ones
+(`make_read_session_factory`) for work that only reads. On SQLite a read-write transaction holds the
+process's write lock from its start (BEGIN IMMEDIATE, see below); a read-only one takes no lock (a
+deferred BEGIN: a consistent snapshot, which WAL gives without blocking writers). On PostgreSQL a
+read-only transaction is BEGIN READ ONLY, so that a write through it fails instead of passing unseen."""
 
 import threading
 from collections.abc import Iterator
@@ -16,6 +22,8 @@ def utcnow() -> datetime:
 
 
 SQLITE_LOCK_TIMEOUT = 30.0
+# The execution option that marks a read-only engine (and so its connections' transactions).
+READ_ONLY = "dspo_read_only"
 
 
 def make_engine(url: str, *, pool_size: int = 20) -> Engine:
@@ -51,6 +59,9 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")  # deferred: reads see one snapshot and lock nothing
+            return
         # A deferred transaction that reads and then writes fails with SQLITE_BUSY when another writer
         # committed in between; taking the write lock up front makes read-then-write units (leases,
         # votes) serialisable instead.
@@ -79,6 +90,14 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that only read: the same pool, no write lock on SQLite, READ ONLY on PostgreSQL."""
+    options: dict[str, bool] = {READ_ONLY: True}
+    if engine.dialect.name == "postgresql":
+        options["postgresql_readonly"] = True
+    return sessionmaker(engine.execution_options(**options), expire_on_commit=False)
 
 
 @contextmanager

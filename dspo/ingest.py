@@ -1,4 +1,9 @@
-"""Accepting an uploaded image: validate it, store it, and record the source (jobs do the rest)."""
+"""Accepting an uploaded image: validate it, store it, and record the source (jobs do the rest).
+
+The steps are apart so that a server decodes an upload outside any transaction (`prepare_image`) and
+writes the source in a short one (`record_source`); `add_source` runs them in one session."""
+
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -9,6 +14,58 @@ from dspo.images import ImageRejected, decode_upload, encode_png, sha256_hex
 from dspo.models import Project, Source
 
 MIN_LQ_SIDE = 8  # smaller LQ images have nothing to segment or compare
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An upload decoded, checked, and stored as the normalised PNG that every later step reads."""
+
+    upload_sha256: str
+    stored_sha256: str
+    width: int
+    height: int
+
+
+def prepare_image(blobs: BlobStore, data: bytes, *, kind: str, scale: int, max_pixels: int) -> PreparedImage:
+    """Decode and check an upload for an x`scale` project and store its normalised PNG (EXIF
+    orientation applied, RGB). Raises dspo.images.ImageRejected, with the reason, for anything that is
+    not a usable image. Touches no database."""
+    image = decode_upload(data, max_pixels=max_pixels)
+    smallest = MIN_LQ_SIDE * (scale if kind == "hq" else 1)
+    if min(image.size) < smallest:
+        raise ImageRejected(
+            f"the image is {image.width}x{image.height}; a {kind.upper()} image for this x{scale} "
+            f"project needs at least {smallest} pixels on each side"
+        )
+    return PreparedImage(sha256_hex(data), blobs.put(encode_png(image)), image.width, image.height)
+
+
+def record_source(
+    session: Session, project_id: int, image: PreparedImage, *, filename: str, kind: str, prompt: str
+) -> tuple[Source, bool]:
+    """Insert the source and commit; if the same file arrived concurrently and the other request won,
+    return its source instead (duplicate True)."""
+    source = Source(
+        project_id=project_id,
+        upload_sha256=image.upload_sha256,
+        filename=filename[:255],
+        kind=kind,
+        prompt=prompt,
+        lq_sha256=image.stored_sha256 if kind == "lq" else None,
+        hq_sha256=image.stored_sha256 if kind == "hq" else None,
+        width=image.width if kind == "lq" else None,
+        height=image.height if kind == "lq" else None,
+    )
+    session.add(source)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = find_source(session, project_id, image.upload_sha256)
+        if existing is None:
+            raise
+        return existing, True
+    return source, False
 
 
 def add_source(
@@ -22,46 +79,14 @@ def add_source(
     prompt: str = "",
     max_pixels: int,
 ) -> tuple[Source, bool]:
-    """Store an upload as a new source; the same bytes uploaded again return the existing source.
-
-    Raises dspo.images.ImageRejected, with the reason, for anything that is not a usable image."""
-    upload_sha256 = sha256_hex(data)
-    existing = _find(session, project.id, upload_sha256)
+    """Store an upload as a new source; the same bytes uploaded again return the existing source."""
+    existing = find_source(session, project.id, sha256_hex(data))
     if existing is not None:
         return existing, True
-    image = decode_upload(data, max_pixels=max_pixels)
-    smallest = MIN_LQ_SIDE * (project.scale if kind == "hq" else 1)
-    if min(image.size) < smallest:
-        raise ImageRejected(
-            f"the image is {image.width}x{image.height}; a {kind.upper()} image for this x{project.scale} "
-            f"project needs at least {smallest} pixels on each side"
-        )
-    # The normalised PNG (EXIF orientation applied, RGB) is what every later step reads.
-    stored = blobs.put(encode_png(image))
-    source = Source(
-        project_id=project.id,
-        upload_sha256=upload_sha256,
-        filename=filename[:255],
-        kind=kind,
-        prompt=prompt,
-        lq_sha256=stored if kind == "lq" else None,
-        hq_sha256=stored if kind == "hq" else None,
-        width=image.width if kind == "lq" else None,
-        height=image.height if kind == "lq" else None,
-    )
-    session.add(source)
-    try:
-        session.commit()
-    except IntegrityError:
-        # The same file arrived concurrently and the other request won: return its source.
-        session.rollback()
-        existing = _find(session, project.id, upload_sha256)
-        if existing is None:
-            raise
-        return existing, True
-    return source, False
+    image = prepare_image(blobs, data, kind=kind, scale=project.scale, max_pixels=max_pixels)
+    return record_source(session, project.id, image, filename=filename, kind=kind, prompt=prompt)
 
 
-def _find(session: Session, project_id: int, upload_sha256: str) -> Source | None:
+def find_source(session: Session, project_id: int, upload_sha256: str) -> Source | None:
     stmt = select(Source).where(Source.project_id == project_id, Source.upload_sha256 == upload_sha256)
     return session.scalars(stmt).first()

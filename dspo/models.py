@@ -318,3 +318,19 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- Login limiter (issue 9) -------------------------------------------------------------------------
+
+
+class LoginFailure(Base):
+    """Failed logins of one user name or one client address in the current window: the login limiter
+    counts here, in the database, so that every server process sees the same count. User names are
+    kept as sha256 digests, because people sometimes type their password into the user-name field."""
+
+    __tablename__ = "login_failures"
+
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # user | address
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the name | the address
+    failures: Mapped[int] = mapped_column(Integer)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -2,6 +2,7 @@
 
 import hashlib
 import secrets
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -18,6 +19,18 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+@cache
+def _decoy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+def verify_password_or_decoy(password_hash: str | None, password: str) -> bool:
+    """Like verify_password, but a missing user (None) costs the same argon2 work and fails, so that
+    the time of an answer does not tell whether a user name exists."""
+    matches = verify_password(password_hash or _decoy_hash(), password)
+    return matches and password_hash is not None
 
 
 def new_token() -> tuple[str, str]:

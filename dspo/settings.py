@@ -29,6 +29,17 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="largest request body of every route but the uploads"
+    )
+
+    # Behind a reverse proxy: the addresses (or CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed, comma-separated, so that client addresses and https (Secure cookies) are right.
+    trusted_proxies: str = "127.0.0.1"
+    # Failed logins allowed per user name and per client address within one window; then 429.
+    login_failures_per_user: int = Field(default=10, ge=1)
+    login_failures_per_address: int = Field(default=100, ge=1)
+    login_window_seconds: int = Field(default=900, ge=1)
     inprocess_job_threads: int = 2
 
     @property

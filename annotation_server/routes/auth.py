@@ -1,62 +1,47 @@
-from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, status
-from fastapi.security import OAuth2PasswordRequestForm
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Form, Request, Response, status
 
-from annotation_server.deps import CurrentUser, RuntimeDep, SessionDep, TokenCache, TokenCacheDep, TokenDep
-from annotation_server.schemas import TokenOut, UserOut
-from dspo.db import utcnow
-from dspo.models import ApiToken, User
-from dspo.security import hash_token, new_token, verify_password
+from annotation_server.deps import (
+    SESSION_COOKIE,
+    CurrentUser,
+    ReadSession,
+    RuntimeDep,
+    TokenCacheDep,
+    TokenDep,
+    WriteSession,
+    client_address,
+)
+from annotation_server.schemas import LoginForm, TokenOut, UserOut, errors
+from dspo.models import User
+from dspo.services import tokens, users
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-def issue_token(session: Session, username: str, password: str, hours: int) -> tuple[str, datetime] | None:
-    """A new token (and its expiry) for an active user whose password matches; None otherwise. The
-    REST login and the web page's login both use it; the caller commits."""
-    user = session.scalars(select(User).where(User.username == username)).first()
-    if user is None or not user.is_active or not verify_password(user.password_hash, password):
-        return None
-    token, token_hash = new_token()
-    expires_at = utcnow() + timedelta(hours=hours)
-    session.add(ApiToken(user_id=user.id, token_hash=token_hash, expires_at=expires_at))
-    return token, expires_at
+@router.post("/login", response_model=TokenOut, responses=errors(401, 413, 422, 429))
+def login(form: Annotated[LoginForm, Form()], request: Request, runtime: RuntimeDep) -> TokenOut:
+    """Exchange a username and password (form fields) for a bearer token. Failed logins are limited
+    per user name and per client address (429 with Retry-After)."""
+    issued = tokens.log_in(runtime, form.username, form.password, client_address(request))
+    return TokenOut(access_token=issued.token, expires_at=issued.expires_at)
 
 
-def revoke_token(session: Session, cache: TokenCache, token: str) -> None:
-    """Delete the token and forget it in this process's cache (it commits)."""
-    token_hash = hash_token(token)
-    session.execute(delete(ApiToken).where(ApiToken.token_hash == token_hash))
-    session.commit()
-    cache.forget_token(token_hash)
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=errors(401, 403))
+def logout(
+    _: CurrentUser,
+    token: TokenDep,
+    request: Request,
+    session: WriteSession,
+    cache: TokenCacheDep,
+    response: Response,
+) -> None:
+    """Revoke the token used for this request: the bearer token, or the session cookie's."""
+    tokens.revoke(session, cache, token or request.cookies.get(SESSION_COOKIE) or "")
+    if not token:
+        response.delete_cookie(SESSION_COOKIE, path="/")
 
 
-@router.post("/login", response_model=TokenOut)
-def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep, runtime: RuntimeDep
-) -> TokenOut:
-    """Exchange a username and password (form fields) for a bearer token."""
-    issued = issue_token(session, form.username, form.password, runtime.settings.token_hours)
-    if issued is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password, or inactive user")
-    session.commit()
-    token, expires_at = issued
-    return TokenOut(access_token=token, expires_at=expires_at)
-
-
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-def logout(user: CurrentUser, token: TokenDep, session: SessionDep, cache: TokenCacheDep) -> None:
-    """Revoke the token used for this request."""
-    revoke_token(session, cache, token or "")
-
-
-@router.get("/me", response_model=UserOut)
-def me(user: CurrentUser, session: SessionDep) -> User:
-    row = session.get(User, user.id)
-    if row is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "your user was deleted")
-    return row
+@router.get("/me", response_model=UserOut, responses=errors(401))
+def me(user: CurrentUser, session: ReadSession) -> User:
+    return users.get_user(session, user.id)

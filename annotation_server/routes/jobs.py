@@ -1,33 +1,28 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
-from annotation_server.deps import AdminUser, SessionDep, get_or_404
-from annotation_server.schemas import JobOut
+from annotation_server.deps import AdminUser, ReadSession
+from annotation_server.schemas import IdPath, JobOut, Limit, Offset, ProjectFilter, errors
 from dspo.models import Job
+from dspo.services import jobs
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.get("", response_model=list[JobOut])
+@router.get("", response_model=list[JobOut], responses=errors(401, 403, 422))
 def list_jobs(
     _: AdminUser,
-    session: SessionDep,
-    project_id: int | None = None,
-    state: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed)$")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    session: ReadSession,
+    project_id: ProjectFilter = None,
+    state: Annotated[str | None, Query(pattern=f"^({'|'.join(jobs.STATES)})$")] = None,
+    offset: Offset = 0,
+    limit: Limit = 100,
 ) -> list[Job]:
     """Jobs, newest first, with their state, progress and error."""
-    stmt = select(Job).order_by(Job.id.desc())
-    if project_id is not None:
-        stmt = stmt.where(Job.project_id == project_id)
-    if state is not None:
-        stmt = stmt.where(Job.state == state)
-    return list(session.scalars(stmt.offset(offset).limit(limit)))
+    return jobs.list_jobs(session, project_id=project_id, state=state, offset=offset, limit=limit)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def read_job(job_id: int, _: AdminUser, session: SessionDep) -> Job:
-    return get_or_404(session, Job, job_id, "job")
+@router.get("/{job_id}", response_model=JobOut, responses=errors(401, 403, 404, 422))
+def read_job(job_id: IdPath, _: AdminUser, session: ReadSession) -> Job:
+    return jobs.get_job(session, job_id)

@@ -1,49 +1,36 @@
-from fastapi import APIRouter, HTTPException, status
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from fastapi import APIRouter, status
 
-from annotation_server.deps import AdminUser, SessionDep, TokenCacheDep, get_or_404
-from annotation_server.schemas import UserCreate, UserOut, UserUpdate
+from annotation_server.deps import AdminUser, ReadSession, TokenCacheDep, WriteSession
+from annotation_server.schemas import IdPath, UserCreate, UserOut, UserUpdate, errors
 from dspo.models import User
-from dspo.security import hash_password
+from dspo.services import users
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 
-@router.get("", response_model=list[UserOut])
-def list_users(_: AdminUser, session: SessionDep) -> list[User]:
-    return list(session.scalars(select(User).order_by(User.id)))
+@router.get("", response_model=list[UserOut], responses=errors(401, 403))
+def list_users(_: AdminUser, session: ReadSession) -> list[User]:
+    return users.list_users(session)
 
 
-@router.post("", response_model=UserOut, status_code=status.HTTP_201_CREATED)
-def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> User:
-    user = User(username=body.username, password_hash=hash_password(body.password), role=body.role)
-    session.add(user)
-    try:
-        session.commit()
-    except IntegrityError:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"user {body.username!r} already exists") from None
-    return user
+@router.post(
+    "", response_model=UserOut, status_code=status.HTTP_201_CREATED, responses=errors(401, 403, 409, 413, 422)
+)
+def create_user(body: UserCreate, _: AdminUser, session: WriteSession) -> User:
+    return users.create_user(session, body.username, body.password, body.role)
 
 
-@router.get("/{user_id}", response_model=UserOut)
-def get_user(user_id: int, _: AdminUser, session: SessionDep) -> User:
-    return get_or_404(session, User, user_id, "user")
+@router.get("/{user_id}", response_model=UserOut, responses=errors(401, 403, 404, 422))
+def get_user(user_id: IdPath, _: AdminUser, session: ReadSession) -> User:
+    return users.get_user(session, user_id)
 
 
-@router.patch("/{user_id}", response_model=UserOut)
+@router.patch("/{user_id}", response_model=UserOut, responses=errors(401, 403, 404, 409, 413, 422))
 def update_user(
-    user_id: int, body: UserUpdate, admin: AdminUser, session: SessionDep, cache: TokenCacheDep
+    user_id: IdPath, body: UserUpdate, admin: AdminUser, session: WriteSession, cache: TokenCacheDep
 ) -> User:
-    user = get_or_404(session, User, user_id, "user")
-    if user.id == admin.id and (body.role == "annotator" or body.is_active is False):
-        raise HTTPException(status.HTTP_409_CONFLICT, "you cannot demote or deactivate yourself")
-    if body.password is not None:
-        user.password_hash = hash_password(body.password)
-    if body.role is not None:
-        user.role = body.role
-    if body.is_active is not None:
-        user.is_active = body.is_active
-    session.commit()
-    cache.forget_user(user.id)
-    return user
+    """Change a user's password, role or state. A new password, or deactivation, ends all the user's
+    tokens and web sessions."""
+    return users.update_user(
+        session, cache, user_id, acting_user_id=admin.id, **body.model_dump(exclude_none=True)
+    )

@@ -1,55 +1,49 @@
 """Page routes. Pages authenticate by the session cookie only; their forms post with the session's
-CSRF token, which annotation_server.deps checks like for any cookie-authenticated request."""
+CSRF token, which annotation_server.deps checks like for any cookie-authenticated request. Page
+handlers call the same services as the REST routes; their errors become HTML pages (see
+annotation_server.errors)."""
 
 import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import case, exists, func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from annotation_server.deps import (
     SESSION_COOKIE,
     AdminUser,
     CurrentUser,
-    Principal,
+    ReadSession,
     RuntimeDep,
-    SessionDep,
     TokenCacheDep,
+    WriteSession,
+    client_address,
     csrf_token_for,
     user_for_token,
 )
-from annotation_server.routes.auth import issue_token, revoke_token
-from annotation_server.routes.projects import compute_stats, get_project
-from annotation_server.schemas import ProjectCreate, UserCreate
+from annotation_server.schemas import (
+    IdPath,
+    LoginForm,
+    ProjectCreate,
+    ProjectFilter,
+    ProjectUpdate,
+    UserCreate,
+    validation_message,
+)
 from dspo.db import utcnow
-from dspo.models import Job, Project, Task, User, Vote
-from dspo.security import hash_password
+from dspo.errors import Forbidden, InvalidInput, TooManyRequests, Unauthorized
+from dspo.services import jobs, projects, stats, tokens, users
+from dspo.services.tokens import Principal
 
 LOGIN_CSRF_COOKIE = "dspo_login_csrf"
 M = TypeVar("M", bound=BaseModel)
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
-
-
-class LoginRequired(Exception):
-    def __init__(self, next_path: str) -> None:
-        self.next_path = next_path
-
-
-class PageError(Exception):
-    """An error shown as a page (not as the API's JSON)."""
-
-    def __init__(self, message: str, status_code: int = status.HTTP_403_FORBIDDEN) -> None:
-        self.message = message
-        self.status_code = status_code
 
 
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
@@ -59,10 +53,11 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-async def page_user(request: Request, session: SessionDep, cache: TokenCacheDep) -> Principal:
-    user = await user_for_token(session, cache, request.cookies.get(SESSION_COOKIE) or "")
+async def page_user(request: Request, runtime: RuntimeDep, cache: TokenCacheDep) -> Principal:
+    """The user of the session cookie; a page request without one goes to the login page."""
+    user = await user_for_token(runtime, cache, request.cookies.get(SESSION_COOKIE) or "")
     if user is None:
-        raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+        raise Unauthorized("log in to see this page")
     return user
 
 
@@ -71,7 +66,7 @@ PageUser = Annotated[Principal, Depends(page_user)]
 
 async def page_admin(user: PageUser) -> Principal:
     if user.role != "admin":
-        raise PageError("This page is for admins. Your account is an annotator account.")
+        raise Forbidden("This page is for admins. Your account is an annotator account.")
     return user
 
 
@@ -84,92 +79,8 @@ def _local_path(path: str) -> str:
 
 
 def _cookie_args(request: Request) -> dict[str, Any]:
+    # https as the client sees it: behind a trusted proxy (DSPO_TRUSTED_PROXIES), its X-Forwarded-Proto.
     return {"httponly": True, "samesite": "strict", "secure": request.url.scheme == "https"}
-
-
-@router.get("/login", response_class=HTMLResponse)
-def login_page(request: Request, next: str = "/", error: str = "") -> HTMLResponse:
-    # Login has no session yet: a double-submit token (cookie + form field) stops login CSRF.
-    token = secrets.token_urlsafe(16)
-    response = render(request, "login.html", {"next": _local_path(next), "login_csrf": token, "error": error})
-    response.set_cookie(LOGIN_CSRF_COOKIE, token, path="/login", **_cookie_args(request))
-    return response
-
-
-@router.post("/login")
-def login(
-    request: Request,
-    session: SessionDep,
-    runtime: RuntimeDep,
-    username: Annotated[str, Form()],
-    password: Annotated[str, Form()],
-    csrf_token: Annotated[str, Form()] = "",
-    next: Annotated[str, Form()] = "/",
-) -> Response:
-    expected = request.cookies.get(LOGIN_CSRF_COOKIE)
-    if not expected or not secrets.compare_digest(expected, csrf_token):
-        return login_page(request, next, "Your login form was stale. Please try again.")
-    issued = issue_token(session, username, password, runtime.settings.token_hours)
-    if issued is None:
-        response = login_page(request, next, "Wrong username or password, or the account is inactive.")
-        response.status_code = status.HTTP_401_UNAUTHORIZED
-        return response
-    session.commit()
-    token, _ = issued
-    response = RedirectResponse(_local_path(next), status_code=status.HTTP_303_SEE_OTHER)
-    max_age = runtime.settings.token_hours * 3600
-    response.set_cookie(SESSION_COOKIE, token, max_age=max_age, path="/", **_cookie_args(request))
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
-    return response
-
-
-@router.post("/logout")
-def logout(request: Request, _: CurrentUser, session: SessionDep, cache: TokenCacheDep) -> RedirectResponse:
-    revoke_token(session, cache, request.cookies.get(SESSION_COOKIE) or "")
-    response = RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
-    response.delete_cookie(SESSION_COOKIE, path="/")
-    return response
-
-
-def _open_left(session: Session, user_id: int) -> dict[int, int]:
-    """Open tasks per project that this user has neither answered nor skipped."""
-    answered = exists().where(Vote.task_id == Task.id, Vote.user_id == user_id)
-    rows = session.execute(
-        select(Task.project_id, func.count()).where(Task.state == "open", ~answered).group_by(Task.project_id)
-    )
-    return {project_id: n for project_id, n in rows}
-
-
-@router.get("/", response_class=HTMLResponse)
-def home(request: Request, user: PageUser, session: SessionDep) -> HTMLResponse:
-    projects = session.scalars(select(Project).order_by(Project.id)).all()
-    context = {"user": user, "projects": projects, "left": _open_left(session, user.id)}
-    return render(request, "projects.html", context)
-
-
-@router.get("/projects/{project_id}/annotate", response_class=HTMLResponse)
-def annotate(project_id: int, request: Request, user: PageUser, session: SessionDep) -> HTMLResponse:
-    project = session.get(Project, project_id)
-    if project is None:
-        raise PageError(f"Project {project_id} does not exist.", status.HTTP_404_NOT_FOUND)
-    return render(request, "annotate.html", {"user": user, "project": project})
-
-
-def _project_progress(session: Session) -> dict[int, dict[str, int]]:
-    """Per project: tasks, complete tasks, answers recorded and answers wanted."""
-    rows = session.execute(
-        select(
-            Task.project_id,
-            func.count(),
-            func.sum(case((Task.state == "complete", 1), else_=0)),
-            func.sum(Task.vote_count),
-            func.sum(Task.required_votes),
-        ).group_by(Task.project_id)
-    )
-    return {
-        pid: {"tasks": n, "complete": int(done or 0), "votes": int(votes or 0), "wanted": int(wanted or 0)}
-        for pid, n, done, votes, wanted in rows
-    }
 
 
 def _validated(model: type[M], **fields: Any) -> M:
@@ -177,26 +88,99 @@ def _validated(model: type[M], **fields: Any) -> M:
     try:
         return model(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems) from None
+        raise InvalidInput(f"The form is not valid: {validation_message(exc.errors())}.") from None
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/", error: str = "") -> HTMLResponse:
+    return _login_form(request, next, error)
+
+
+def _login_form(request: Request, next: str, error: str, status_code: int = 200) -> HTMLResponse:
+    # Login has no session yet: a double-submit token (cookie + form field) stops login CSRF.
+    token = secrets.token_urlsafe(16)
+    context = {"next": _local_path(next), "login_csrf": token, "error": error}
+    response = render(request, "login.html", context, status_code=status_code)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, path="/login", **_cookie_args(request))
+    return response
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    runtime: RuntimeDep,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    csrf_token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not expected or not secrets.compare_digest(expected.encode(), csrf_token.encode()):
+        return _login_form(request, next, "Your login form was stale. Please try again.")
+    try:
+        form = _validated(LoginForm, username=username, password=password)
+        issued = tokens.log_in(runtime, form.username, form.password, client_address(request))
+    except TooManyRequests as exc:
+        response = _login_form(request, next, f"{exc.message}.", exc.status_code)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    except (Unauthorized, InvalidInput):
+        error = "Wrong username or password, or the account is inactive."
+        return _login_form(request, next, error, status.HTTP_401_UNAUTHORIZED)
+    response = RedirectResponse(_local_path(next), status_code=status.HTTP_303_SEE_OTHER)
+    max_age = runtime.settings.token_hours * 3600
+    response.set_cookie(SESSION_COOKIE, issued.token, max_age=max_age, path="/", **_cookie_args(request))
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, _: CurrentUser, session: WriteSession, cache: TokenCacheDep) -> RedirectResponse:
+    tokens.revoke(session, cache, request.cookies.get(SESSION_COOKIE) or "")
+    response = RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
+    context = {
+        "user": user,
+        "projects": projects.list_projects(session),
+        "left": stats.open_tasks_left(session, user.id),
+    }
+    return render(request, "projects.html", context)
+
+
+@router.get("/projects/{project_id}/annotate", response_class=HTMLResponse)
+def annotate(project_id: IdPath, request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
+    project = projects.get_project(session, project_id)
+    return render(request, "annotate.html", {"user": user, "project": project})
 
 
 @router.get("/admin", response_class=HTMLResponse)
-def admin_projects(request: Request, user: PageAdmin, session: SessionDep) -> HTMLResponse:
-    projects = session.scalars(select(Project).order_by(Project.id)).all()
-    context = {"user": user, "projects": projects, "progress": _project_progress(session)}
+def admin_projects(
+    request: Request, user: PageAdmin, session: ReadSession, runtime: RuntimeDep
+) -> HTMLResponse:
+    context = {
+        "user": user,
+        "projects": projects.list_projects(session),
+        "progress": stats.projects_progress(session),
+        "no_progress": stats.ProjectProgress(),
+        "defaults": runtime.settings,
+    }
     return render(request, "admin_projects.html", context)
 
 
 @router.post("/admin/projects")
 def admin_create_project(
     _: AdminUser,
-    session: SessionDep,
+    session: WriteSession,
     runtime: RuntimeDep,
     name: Annotated[str, Form()],
     instructions: Annotated[str, Form()] = "",
-    n_candidates: Annotated[int, Form()] = 4,
-    overlap: Annotated[int, Form()] = 3,
+    n_candidates: Annotated[int | None, Form()] = None,
+    overlap: Annotated[int | None, Form()] = None,
     generator: Annotated[str, Form()] = "classical",
     require_content: Annotated[bool, Form()] = False,
     require_defect: Annotated[bool, Form()] = False,
@@ -211,50 +195,40 @@ def admin_create_project(
         require_content=require_content,
         require_defect=require_defect,
     )
-    project = Project(**body.model_dump())
-    session.add(project)
-    try:
-        session.commit()
-    except IntegrityError:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"a project named {name!r} exists") from None
+    project = projects.create_project(session, runtime.settings, body.model_dump())
     return RedirectResponse(f"/admin/projects/{project.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.get("/admin/projects/{project_id}", response_class=HTMLResponse)
-def admin_project(project_id: int, request: Request, user: PageAdmin, session: SessionDep) -> HTMLResponse:
-    project = get_project(session, project_id)
-    recent = session.execute(
-        select(Vote, User.username)
-        .join(User, User.id == Vote.user_id)
-        .join(Task, Task.id == Vote.task_id)
-        .where(Task.project_id == project_id, (Vote.content_text != "") | (Vote.defect_text != ""))
-        .order_by(Vote.id.desc())
-        .limit(50)
-    ).all()
+def admin_project(
+    project_id: IdPath, request: Request, user: PageAdmin, session: ReadSession
+) -> HTMLResponse:
     context = {
         "user": user,
-        "project": project,
-        "stats": compute_stats(session, project_id),
-        "progress": _project_progress(session).get(project_id, {}),
-        "recent": recent,
+        "project": projects.get_project(session, project_id),
+        "stats": stats.project_stats(session, project_id),
+        "progress": stats.projects_progress(session, project_id).get(project_id),
+        "recent": stats.recent_descriptions(session, project_id),
     }
     return render(request, "admin_project.html", context)
 
 
 @router.post("/admin/projects/{project_id}/settings")
 def admin_project_settings(
-    project_id: int,
+    project_id: IdPath,
     _: AdminUser,
-    session: SessionDep,
+    session: WriteSession,
     instructions: Annotated[str, Form()] = "",
     require_content: Annotated[bool, Form()] = False,
     require_defect: Annotated[bool, Form()] = False,
 ) -> RedirectResponse:
-    project = get_project(session, project_id)
-    project.instructions = instructions
-    project.require_content = require_content
-    project.require_defect = require_defect
-    session.commit()
+    changes = _validated(
+        ProjectUpdate,
+        instructions=instructions,
+        require_content=require_content,
+        require_defect=require_defect,
+    )
+    projects.update_project(session, project_id, changes.model_dump(exclude_none=True))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
@@ -262,48 +236,34 @@ def admin_project_settings(
 def admin_jobs(
     request: Request,
     user: PageAdmin,
-    session: SessionDep,
-    project_id: int | None = None,
+    session: ReadSession,
+    project_id: ProjectFilter = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> HTMLResponse:
-    stmt = select(Job).order_by(Job.id.desc()).limit(limit)
-    if project_id is not None:
-        stmt = stmt.where(Job.project_id == project_id)
-    jobs = session.scalars(stmt).all()
-    active = any(job.state in ("queued", "running") for job in jobs)
-    context = {"user": user, "jobs": jobs, "project_id": project_id, "active": active}
+    found = jobs.list_jobs(session, project_id=project_id, limit=limit)
+    active = any(job.state in ("queued", "running") for job in found)
+    context = {"user": user, "jobs": found, "project_id": project_id, "active": active}
     return render(request, "admin_jobs.html", context)
 
 
 @router.get("/admin/users", response_class=HTMLResponse)
-def admin_users(request: Request, user: PageAdmin, session: SessionDep) -> HTMLResponse:
-    users = session.scalars(select(User).order_by(User.id)).all()
-    since = utcnow() - timedelta(days=1)
-    counts = session.execute(
-        select(
-            Vote.user_id,
-            func.sum(case((Vote.outcome != "skip", 1), else_=0)),
-            func.sum(case((Vote.outcome == "skip", 1), else_=0)),
-            func.sum(case((Vote.created_at >= since, 1), else_=0)),
-        ).group_by(Vote.user_id)
-    )
-    per_user = {uid: (int(v or 0), int(s or 0), int(d or 0)) for uid, v, s, d in counts}
-    context = {"user": user, "users": users, "counts": per_user}
+def admin_users(request: Request, user: PageAdmin, session: ReadSession) -> HTMLResponse:
+    context = {
+        "user": user,
+        "users": users.list_users(session),
+        "counts": users.answer_counts(session, since=utcnow() - timedelta(days=1)),
+    }
     return render(request, "admin_users.html", context)
 
 
 @router.post("/admin/users")
 def admin_create_user(
     _: AdminUser,
-    session: SessionDep,
+    session: WriteSession,
     username: Annotated[str, Form()],
     password: Annotated[str, Form()],
     role: Annotated[str, Form()] = "annotator",
 ) -> RedirectResponse:
     body = _validated(UserCreate, username=username, password=password, role=role)
-    session.add(User(username=body.username, password_hash=hash_password(body.password), role=body.role))
-    try:
-        session.commit()
-    except IntegrityError:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"user {username!r} already exists") from None
+    users.create_user(session, body.username, body.password, body.role)
     return RedirectResponse("/admin/users", status_code=status.HTTP_303_SEE_OTHER)

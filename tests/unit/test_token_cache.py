@@ -1,7 +1,7 @@
 import time
 from datetime import timedelta
 
-from annotation_server.deps import Principal, TokenCache
+from dspo.services.tokens import Principal, TokenCache
 from dspo.db import utcnow
 
 ALICE = Principal(1, "alice", "annotator")

@@ -1,32 +1,22 @@
-"""SR candidate generators, found by name."""
+"""SR candidate generators, found by name in the entry-point group ``dspo.generators``."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from dspo.generators import generator_class, generator_names
 from worker.generators.base import Candidate, Generator, GeneratorUnavailable
-from worker.generators.classical import ClassicalGenerator
 
 __all__ = ["Candidate", "Generator", "GeneratorUnavailable", "KNOWN_GENERATORS", "get_generator"]
 
-KNOWN_GENERATORS = ("classical", "realesrgan", "diffusion")
+KNOWN_GENERATORS = generator_names()
 
 
 def get_generator(name: str, **settings: Any) -> Generator:
-    """Build a generator by name; settings go to its constructor. realesrgan and diffusion are imported
-    only here, and raise GeneratorUnavailable with an install hint if they cannot run."""
-    if name == "classical":
-        cls: type = ClassicalGenerator
-    elif name == "realesrgan":
-        from worker.generators.realesrgan import RealesrganGenerator
-
-        cls = RealesrganGenerator
-    elif name == "diffusion":
-        from worker.generators.diffusion import DiffusionGenerator
-
-        cls = DiffusionGenerator
-    else:
-        raise ValueError(f"Unknown generator {name!r}; known generators: {', '.join(KNOWN_GENERATORS)}")
+    """Build a generator by name; settings go to its constructor. A generator's module is imported
+    only here; realesrgan and diffusion raise GeneratorUnavailable with an install hint if they cannot
+    run."""
+    cls = generator_class(name)
     try:
         return cls(**settings)
     except TypeError as exc:

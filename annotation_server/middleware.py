@@ -1,0 +1,109 @@
+"""Pure ASGI middleware (no per-request task or body buffering, unlike Starlette's BaseHTTPMiddleware):
+request-body limits applied before anything reads a body, and the security headers of the pages."""
+
+import json
+import re
+from collections.abc import Callable
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Pages: scripts, styles and images from this server only; no inline script or style attribute; never
+# inside a frame; forms post here only.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+PAGE_HEADERS_WITH_CSP = [*PAGE_HEADERS, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())]
+# FastAPI's interactive documentation loads Swagger UI / ReDoc from a CDN with an inline script.
+DOCS_PATHS = ("/docs", "/redoc")
+
+
+class BodyLimit:
+    """Refuses a request body larger than its route's limit (`limit_for(path)`) with 413: at once when
+    its Content-Length says so, before the application runs; otherwise (a chunked body) as soon as the
+    bytes streamed past the limit, before they are parsed. Nothing beyond the limit is ever read."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None:
+            # The server delivers no more than Content-Length bytes, so a declared size is all to check.
+            if not declared.isdigit() or int(declared) > limit:
+                await _too_large(send, limit)
+                return
+            await self.app(scope, receive, send)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, _too_large_detail(limit))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large_detail(limit: int) -> str:
+    return f"the request body is larger than {limit} bytes, the limit of this route"
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": _too_large_detail(limit)}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        # The body was not read: the connection cannot carry another request.
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class SecurityHeaders:
+    """Adds the pages' security headers (CSP, frame, nosniff, referrer) to every response outside the
+    JSON API under `api_prefix`, which no browser renders as a page."""
+
+    def __init__(self, app: ASGIApp, api_prefix: str) -> None:
+        self.app = app
+        self.api_prefix = api_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith(self.api_prefix):
+            await self.app(scope, receive, send)
+            return
+        headers = PAGE_HEADERS if path.startswith(DOCS_PATHS) else PAGE_HEADERS_WITH_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def upload_limit_for(api_prefix: str, json_limit: int, upload_limit: int) -> Callable[[str], int]:
+    """Limits by route class: an image upload takes `upload_limit`, every other route `json_limit`."""
+    upload = re.compile(re.escape(api_prefix) + r"/projects/[^/]+/uploads/?")
+
+    def limit_for(path: str) -> int:
+        return upload_limit if upload.fullmatch(path) else json_limit
+
+    return limit_for

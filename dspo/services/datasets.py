@@ -1,0 +1,86 @@
+"""Dataset versions for the API: list, build (a job, see dspo.datasets), the files and records of a
+published version, and the agreement statistics of a project."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dspo.aggregate import agreement
+from dspo.datasets import BuildSettings, DatasetBuildError, published_file, records_path, request_dataset
+from dspo.errors import Conflict, InvalidInput, NotFound
+from dspo.models import Dataset
+from dspo.runtime import Runtime
+from dspo.services.projects import get_project
+
+
+@dataclass
+class RecordsPage:
+    total: int
+    offset: int
+    limit: int
+    records: list[dict[str, Any]]
+
+
+def list_datasets(session: Session, project_id: int) -> list[Dataset]:
+    get_project(session, project_id)
+    return list(
+        session.scalars(select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.version))
+    )
+
+
+def get_dataset(session: Session, dataset_id: int) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} does not exist")
+    return dataset
+
+
+def build(
+    runtime: Runtime, project_id: int, settings: dict[str, Any], up_to_vote_id: int | None
+) -> tuple[Dataset, int, bool]:
+    """Ask for a dataset version built from the votes so far (up to `up_to_vote_id`): returns (dataset,
+    job id, created). The same votes and settings asked for again give the same dataset (created
+    False), and a failed one is built again. Runs its own transactions."""
+    try:
+        dataset_id, job_id, created = request_dataset(
+            runtime, project_id, BuildSettings(**settings), up_to_vote_id=up_to_vote_id
+        )
+    except LookupError as exc:
+        raise NotFound(str(exc)) from None
+    except (ValueError, DatasetBuildError) as exc:
+        raise InvalidInput(str(exc)) from None
+    with runtime.read_sessions() as session:
+        return get_dataset(session, dataset_id), job_id, created
+
+
+def published(session: Session, dataset_id: int) -> Dataset:
+    """A published dataset; Conflict while it is queued, building or failed."""
+    dataset = get_dataset(session, dataset_id)
+    if dataset.state != "published":
+        raise Conflict(f"dataset {dataset_id} is {dataset.state}, not published")
+    return dataset
+
+
+def published_path(runtime: Runtime, dataset: Dataset, name: str) -> tuple[Path, str]:
+    """The path and sha256 of one file of a published dataset."""
+    try:
+        path = published_file(runtime, dataset, name)
+    except KeyError:
+        raise NotFound(f"dataset {dataset.id} has no file {name!r}; see its `files`") from None
+    return path, dataset.files[name]["sha256"]  # type: ignore[index]
+
+
+def records(runtime: Runtime, dataset: Dataset, *, offset: int, limit: int, split: str | None) -> RecordsPage:
+    """The records of a published dataset, a page at a time (images are named by sha256)."""
+    filters = [("split", "=", split)] if split is not None else None
+    table = pq.read_table(records_path(runtime, dataset), filters=filters)
+    return RecordsPage(table.num_rows, offset, limit, table.slice(offset, limit).to_pylist())
+
+
+def project_agreement(session: Session, project_id: int) -> dict[str, Any]:
+    get_project(session, project_id)
+    return agreement(session, project_id)

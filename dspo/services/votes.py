@@ -1,0 +1,96 @@
+"""The annotator's loop over dspo.assign: lease the next task, answer it (or skip, undo, release), and
+read the answers of a task. `lease_next` and `record_vote` are what every annotator calls in a loop:
+they add no database round trip to the statements of dspo.assign but the COMMIT."""
+
+from typing import Any
+
+from sqlalchemy import Row, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dspo import assign
+from dspo.db import utcnow
+from dspo.errors import Conflict, DspoError, NotFound
+from dspo.models import Task, Vote
+from dspo.services.projects import get_project
+
+
+def lease_next(
+    session: Session, *, project_id: int, user_id: int, lease_seconds: int, position: int = 0
+) -> assign.LeasedTask | None:
+    """The task at `position` of the annotator's queue of leases (see assign.next_task); None when
+    nothing is left for them, NotFound for a project that does not exist."""
+    task = assign.next_task(
+        session,
+        project_id=project_id,
+        user_id=user_id,
+        now=utcnow(),
+        lease_seconds=lease_seconds,
+        position=position,
+    )
+    if task is None:
+        get_project(session, project_id)
+    session.commit()
+    return task
+
+
+def record_vote(
+    session: Session,
+    *,
+    task_id: int,
+    user_id: int,
+    data: assign.VoteInput,
+    replaces_submission_id: str | None = None,
+) -> tuple[Vote | Row[Any], bool]:
+    """Record an answer (or replace an earlier one: undo) and return (vote, created). A replay of a
+    submission already recorded returns its vote with created False; a different second answer to the
+    same task, or a reused submission id, is a Conflict."""
+    try:
+        if replaces_submission_id:
+            vote, created = assign.replace_vote(
+                session,
+                task_id=task_id,
+                user_id=user_id,
+                replaces_submission_id=replaces_submission_id,
+                data=data,
+                now=utcnow(),
+            )
+        else:
+            vote = assign.submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=utcnow())
+            created = True
+        session.commit()
+        return vote, created
+    except (DspoError, IntegrityError) as failure:
+        # A replayed submission (a client retry, maybe racing its original) or a second answer to the
+        # same task fails on the unique constraints of votes or on the slot check: say which, and
+        # answer a replay with the vote it made. An undo refused for its own reasons (too late, filled
+        # by others) is explained by a replay of itself only.
+        session.rollback()
+        replace_refused = replaces_submission_id is not None and isinstance(failure, DspoError)
+        explain = assign.find_replay if replace_refused else assign.earlier_answer
+        try:
+            replayed = explain(session, task_id=task_id, user_id=user_id, data=data)
+        finally:
+            session.commit()  # the lookup only read: end its transaction (on SQLite, the write lock)
+        if replayed is None:
+            raise
+        return replayed, False
+
+
+def release(session: Session, *, task_id: int, user_id: int) -> None:
+    """Give back a leased task unanswered; Conflict if the annotator holds no lease on it."""
+    if session.get(Task, task_id) is None:
+        raise NotFound(f"task {task_id} does not exist")
+    if not assign.release_task(session, task_id=task_id, user_id=user_id):
+        raise Conflict(f"you hold no lease on task {task_id}")
+    session.commit()
+
+
+def task_votes(session: Session, task_id: int, *, user_id: int, is_admin: bool) -> list[Vote]:
+    """Admins see every vote on the task; annotators only their own."""
+    if session.get(Task, task_id) is None:
+        raise NotFound(f"task {task_id} does not exist")
+    stmt = select(Vote).where(Vote.task_id == task_id).order_by(Vote.id)
+    if not is_admin:
+        stmt = stmt.where(Vote.user_id == user_id)
+    return list(session.scalars(stmt))
