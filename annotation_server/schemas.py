@@ -93,7 +93,7 @@ class ValidationErrorOut(BaseModel):
 
 
 ERRORS: dict[int, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "The body is not a well-formed multipart form."},
+    400: {"model": ErrorOut, "description": "The body cannot be parsed (not well-formed JSON or form data)."},
     401: {"model": ErrorOut, "description": "Not logged in, or the token expired or was revoked."},
     403: {"model": ErrorOut, "description": "Needs the admin role, or a cookie session's CSRF token."},
     404: {"model": ErrorOut, "description": "What the path names does not exist."},

@@ -19,7 +19,7 @@ from dspo.services import tokens, users
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-@router.post("/login", response_model=TokenOut, responses=errors(401, 413, 422, 429))
+@router.post("/login", response_model=TokenOut, responses=errors(401, 400, 413, 422, 429))
 def login(form: Annotated[LoginForm, Form()], request: Request, runtime: RuntimeDep) -> TokenOut:
     """Exchange a username and password (form fields) for a bearer token. Failed logins are limited
     per user name and per client address (429 with Retry-After)."""

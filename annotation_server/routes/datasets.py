@@ -35,7 +35,7 @@ def list_datasets(project_id: IdPath, _: AdminUser, session: ReadSession) -> lis
     response_model=BuildOut,
     status_code=status.HTTP_202_ACCEPTED,
     responses={200: {"model": BuildOut, "description": "asked for before: the same dataset"}}
-    | errors(404, 413),
+    | errors(404, 400, 413),
 )
 def build_dataset(
     project_id: IdPath, body: BuildRequest, _: AdminUser, runtime: RuntimeDep, response: Response

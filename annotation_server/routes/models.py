@@ -29,7 +29,7 @@ def list_model_versions(project_id: IdPath, _: AdminUser, session: ReadSession) 
     "/projects/{project_id}/model-versions",
     response_model=ModelVersionOut,
     status_code=status.HTTP_201_CREATED,
-    responses=errors(409, 413),
+    responses=errors(409, 400, 413),
 )
 def register_model_version(
     project_id: IdPath, body: ModelVersionIn, _: AdminUser, session: WriteSession
@@ -39,7 +39,7 @@ def register_model_version(
 
 
 @router.put(
-    "/projects/{project_id}/model-version", response_model=ModelVersionOut | None, responses=errors(413)
+    "/projects/{project_id}/model-version", response_model=ModelVersionOut | None, responses=errors(400, 413)
 )
 def use_model_version(
     project_id: IdPath, body: UseModel, _: AdminUser, session: WriteSession
@@ -49,13 +49,17 @@ def use_model_version(
     return model_versions.use(session, project_id, body.model_version_id)
 
 
-@router.put("/projects/{project_id}/retraining", response_model=RetrainSettings, responses=errors(413))
+@router.put("/projects/{project_id}/retraining", response_model=RetrainSettings, responses=errors(400, 413))
 def set_retraining(project_id: IdPath, body: RetrainSettings, _: AdminUser, session: WriteSession) -> Project:
     """K new accepted votes since the last dataset trigger a build, then training on the `gpu` queue."""
     return projects.update_project(session, project_id, body.model_dump())
 
 
-@router.get("/training-jobs/{job_id}/log", response_class=PlainTextResponse)
-def training_log(job_id: IdPath, _: AdminUser, session: ReadSession, runtime: RuntimeDep) -> str:
+@router.get(
+    "/training-jobs/{job_id}/log",
+    response_model=None,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the log"}},
+)
+def training_log(job_id: IdPath, _: AdminUser, session: ReadSession, runtime: RuntimeDep) -> PlainTextResponse:
     """The trainer's output so far (its metrics are in the job's result once it has succeeded)."""
-    return model_versions.training_log(session, runtime, job_id)
+    return PlainTextResponse(model_versions.training_log(session, runtime, job_id))

@@ -59,7 +59,7 @@ def list_projects(_: CurrentUser, session: ReadSession) -> list[Project]:
     "",
     response_model=ProjectOut,
     status_code=status.HTTP_201_CREATED,
-    responses=errors(401, 403, 409, 413, 422),
+    responses=errors(401, 403, 409, 400, 413, 422),
 )
 def create_project(body: ProjectCreate, _: AdminUser, session: WriteSession, runtime: RuntimeDep) -> Project:
     return projects.create_project(session, runtime.settings, body.model_dump())
@@ -70,7 +70,7 @@ def read_project(project_id: IdPath, _: CurrentUser, session: ReadSession) -> Pr
     return projects.get_project(session, project_id)
 
 
-@router.patch("/{project_id}", response_model=ProjectOut, responses=errors(401, 403, 404, 413, 422))
+@router.patch("/{project_id}", response_model=ProjectOut, responses=errors(401, 403, 404, 400, 413, 422))
 def update_project(project_id: IdPath, body: ProjectUpdate, _: AdminUser, session: WriteSession) -> Project:
     """Change the instructions, or the overlap k of tasks created from now on."""
     return projects.update_project(session, project_id, body.model_dump(exclude_none=True))
@@ -80,7 +80,7 @@ def update_project(project_id: IdPath, body: ProjectUpdate, _: AdminUser, sessio
     "/{project_id}/uploads",
     response_model=UploadOut,
     status_code=status.HTTP_201_CREATED,
-    responses=errors(400, 401, 403, 404, 413, 422),
+    responses=errors(400, 401, 403, 404, 400, 413, 422),
     openapi_extra=UPLOAD_BODY,
 )
 async def upload(project_id: IdPath, _: AdminUser, request: Request, runtime: RuntimeDep) -> UploadOut:

@@ -85,7 +85,7 @@ def _answer(vote: Vote | Row[Any], created: bool, response: Response) -> Vote | 
     response_model=VoteOut,
     status_code=status.HTTP_201_CREATED,
     responses={200: {"model": VoteOut, "description": "a retry: the vote it recorded before"}}
-    | errors(401, 403, 404, 409, 413, 422),
+    | errors(401, 403, 404, 409, 400, 413, 422),
 )
 def vote(
     task_id: BigIdPath, body: VoteIn, user: CurrentUser, session: WriteSession, response: Response
@@ -109,7 +109,7 @@ def vote(
     response_model=VoteOut,
     status_code=status.HTTP_201_CREATED,
     responses={200: {"model": VoteOut, "description": "a retry: the skip it recorded before"}}
-    | errors(401, 403, 404, 409, 413, 422),
+    | errors(401, 403, 404, 409, 400, 413, 422),
 )
 def skip(
     task_id: BigIdPath, body: SkipIn, user: CurrentUser, session: WriteSession, response: Response

@@ -14,7 +14,7 @@ def list_users(_: AdminUser, session: ReadSession) -> list[User]:
 
 
 @router.post(
-    "", response_model=UserOut, status_code=status.HTTP_201_CREATED, responses=errors(401, 403, 409, 413, 422)
+    "", response_model=UserOut, status_code=status.HTTP_201_CREATED, responses=errors(401, 403, 409, 400, 413, 422)
 )
 def create_user(body: UserCreate, _: AdminUser, session: WriteSession) -> User:
     return users.create_user(session, body.username, body.password, body.role)
@@ -25,7 +25,7 @@ def get_user(user_id: IdPath, _: AdminUser, session: ReadSession) -> User:
     return users.get_user(session, user_id)
 
 
-@router.patch("/{user_id}", response_model=UserOut, responses=errors(401, 403, 404, 409, 413, 422))
+@router.patch("/{user_id}", response_model=UserOut, responses=errors(401, 403, 404, 409, 400, 413, 422))
 def update_user(
     user_id: IdPath, body: UserUpdate, admin: AdminUser, session: WriteSession, cache: TokenCacheDep
 ) -> User:

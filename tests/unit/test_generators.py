@@ -29,7 +29,7 @@ def pixels(candidate: Candidate) -> bytes:
 
 
 def test_unknown_generator_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="Unknown generator 'sd-turbo'.*classical, realesrgan"):
+    with pytest.raises(ValueError, match="Unknown generator 'sd-turbo'.*classical, diffusion, realesrgan"):
         get_generator("sd-turbo")
     with pytest.raises(ValueError, match="Bad settings for generator 'classical'"):
         get_generator("classical", guidance=7.5)
