@@ -54,7 +54,8 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                raise HTTPException(413, _too_large_detail(limit))
+                # The rest of the body stays unread: the connection cannot carry another request.
+                raise HTTPException(413, _too_large_detail(limit), headers={"Connection": "close"})
             return message
 
         await self.app(scope, limited_receive, send)
