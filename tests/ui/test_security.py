@@ -110,3 +110,33 @@ def test_a_stale_or_missing_csrf_token_is_refused(site: Site, new_page: Any) -> 
     # The bearer-token API needs no CSRF token.
     response = site.http.post(f"/api/v1/projects/{project_id}/next", headers=site.admin)
     assert response.status_code == 200
+
+
+CSP_VIOLATIONS = """window.__csp = [];
+document.addEventListener('securitypolicyviolation', e => window.__csp.push(
+  `${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`));"""
+
+
+def test_every_page_works_within_its_content_security_policy(site: Site, new_page: Any) -> None:
+    """The pages send a strict CSP (no inline script or style): nothing on them may break it."""
+    project_id = site.make_project("csp")
+    admin = new_page()
+    admin.add_init_script(CSP_VIOLATIONS)
+    response = admin.goto("/login")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    log_in(admin, "root", "root-password")
+    urls = [
+        "/",
+        f"/projects/{project_id}/annotate",
+        "/admin",
+        f"/admin/projects/{project_id}",
+        "/admin/jobs",
+        "/admin/users",
+    ]
+    for url in urls:
+        admin.goto(url)
+        if url.endswith("/annotate"):
+            shown_task(admin)
+            for key in ("1", "w", "f", "f", "c", "Escape", "h", "Escape"):
+                admin.keyboard.press(key)
+        assert admin.evaluate("window.__csp") == [], url
