@@ -14,7 +14,7 @@ from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from dspo.exports import EXPORTS
-from dspo.services import users
+from dspo.services import stats, users
 from dspo.training import LORA_FILE
 
 INT32_MAX = 2**31 - 1
@@ -316,24 +316,8 @@ class ProgressOut(ORMModel):
     ms_per_task: float | None = Field(description="your mean time per task since `since`")
 
 
-class AnnotatorCount(ORMModel):
-    user_id: int
-    username: str
-    votes: int
-    skips: int
-
-
-class ProjectStats(ORMModel):
-    project_id: int
-    sources_by_state: dict[str, int]
-    tasks_by_state: dict[str, int]
-    tasks_total: int
-    votes: int
-    skips: int
-    votes_by_outcome: dict[str, int]
-    live_leases: int
-    annotators: list[AnnotatorCount]
-    jobs_by_state: dict[str, int]
+# A project's statistics: the service's dataclass is the response model (one definition).
+ProjectStats = stats.ProjectStats
 
 
 # --- Datasets -----------------------------------------------------------------------------------------

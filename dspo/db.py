@@ -14,7 +14,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+
+from dspo.errors import Conflict
 
 
 def utcnow() -> datetime:
@@ -110,3 +113,13 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def commit_unique(session: Session, conflict: str) -> None:
+    """Commit; if a unique constraint refuses the new row (a name taken), roll back and raise a
+    Conflict with this message: nothing is written."""
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(conflict) from None

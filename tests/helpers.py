@@ -1,11 +1,16 @@
 """Small helpers for tests that talk to the API."""
 
 import io
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import numpy as np
+import uvicorn
 from PIL import Image
 
 
@@ -45,3 +50,20 @@ def wait_for_jobs(
             return items
         assert time.monotonic() < deadline, f"jobs still running after {timeout} s: {items}"
         time.sleep(0.1)
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[int]:
+    """The ASGI app under uvicorn, in a thread, on a free 127.0.0.1 port; yields the port."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -60,6 +60,8 @@ def set_retraining(project_id: IdPath, body: RetrainSettings, _: AdminUser, sess
     response_model=None,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the log"}},
 )
-def training_log(job_id: IdPath, _: AdminUser, session: ReadSession, runtime: RuntimeDep) -> PlainTextResponse:
+def training_log(
+    job_id: IdPath, _: AdminUser, session: ReadSession, runtime: RuntimeDep
+) -> PlainTextResponse:
     """The trainer's output so far (its metrics are in the job's result once it has succeeded)."""
     return PlainTextResponse(model_versions.training_log(session, runtime, job_id))

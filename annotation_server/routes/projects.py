@@ -116,5 +116,5 @@ def list_sources(
 
 
 @router.get("/{project_id}/stats", response_model=ProjectStats, responses=errors(401, 403, 404, 422))
-def project_stats(project_id: IdPath, _: AdminUser, session: ReadSession) -> stats.ProjectStats:
+def project_stats(project_id: IdPath, _: AdminUser, session: ReadSession) -> ProjectStats:
     return stats.project_stats(session, project_id)

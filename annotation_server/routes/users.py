@@ -14,7 +14,10 @@ def list_users(_: AdminUser, session: ReadSession) -> list[User]:
 
 
 @router.post(
-    "", response_model=UserOut, status_code=status.HTTP_201_CREATED, responses=errors(401, 403, 409, 400, 413, 422)
+    "",
+    response_model=UserOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(401, 403, 409, 400, 413, 422),
 )
 def create_user(body: UserCreate, _: AdminUser, session: WriteSession) -> User:
     return users.create_user(session, body.username, body.password, body.role)

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dspo.dataset_format import sha256_file
-from dspo.errors import Conflict, InvalidInput, NotFound
+from dspo.db import commit_unique
+from dspo.errors import InvalidInput, NotFound
 from dspo.models import Dataset, Job, ModelVersion
 from dspo.retrain import TRAIN_JOB
 from dspo.runtime import Runtime
@@ -48,11 +48,7 @@ def register(session: Session, project_id: int, fields: dict[str, Any]) -> Model
             raise InvalidInput(f"dataset {dataset_id} is not in this project")
     version = ModelVersion(project_id=project_id, lora_sha256=sha256_file(lora), **fields)
     session.add(version)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(f"a model version named {fields['name']!r} exists") from None
+    commit_unique(session, f"a model version named {fields['name']!r} exists")
     return version
 
 

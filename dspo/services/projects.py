@@ -4,10 +4,10 @@ admin pages and the demo."""
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dspo.errors import Conflict, NotFound
+from dspo.db import commit_unique
+from dspo.errors import NotFound
 from dspo.models import Project, Source
 from dspo.settings import Settings
 
@@ -31,11 +31,7 @@ def create_project(session: Session, settings: Settings, fields: dict[str, Any])
     fields["overlap"] = fields.get("overlap") or settings.default_overlap
     project = Project(**fields)
     session.add(project)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(f"a project named {fields['name']!r} exists") from None
+    commit_unique(session, f"a project named {fields['name']!r} exists")
     return project
 
 

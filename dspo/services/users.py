@@ -7,10 +7,9 @@ import secrets
 from datetime import datetime
 
 from sqlalchemy import case, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dspo.db import session_scope
+from dspo.db import commit_unique, session_scope
 from dspo.errors import Conflict, InvalidInput, NotFound
 from dspo.models import User, Vote
 from dspo.runtime import Runtime
@@ -61,11 +60,7 @@ def create_user(session: Session, username: str, password: str, role: str) -> Us
     check_role(role)
     user = User(username=username, password_hash=hash_password(password), role=role)
     session.add(user)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(f"user {username!r} already exists") from None
+    commit_unique(session, f"user {username!r} already exists")
     return user
 
 

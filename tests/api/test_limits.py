@@ -3,17 +3,14 @@ them, an upload's body is not read before its sender is known to be an admin, an
 its column's range (ids, integers, lengths, NUL characters, datetimes) is a 422 or 404, never a 500."""
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from annotation_server.main import create_app
 from dspo.runtime import Runtime
 from tests.api.conftest import Api
-from tests.helpers import submission_id
+from tests.helpers import serving, submission_id
 
 MiB = 1024 * 1024
 
@@ -43,17 +40,8 @@ def test_a_json_body_over_the_limit_is_refused_whether_its_size_is_declared_or_s
 @pytest.fixture
 def live(runtime: Runtime) -> Iterator[int]:
     """The app under uvicorn on a free port, to talk raw HTTP to it; yields the port."""
-    config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield server.servers[0].sockets[0].getsockname()[1]
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(runtime)) as port:
+        yield port
 
 
 def answer_to_headers_only(port: int, head: str) -> str:

@@ -1,8 +1,8 @@
 import time
 from datetime import timedelta
 
-from dspo.services.tokens import Principal, TokenCache
 from dspo.db import utcnow
+from dspo.services.tokens import Principal, TokenCache
 
 ALICE = Principal(1, "alice", "annotator")
 BOB = Principal(2, "bob", "admin")
