@@ -37,6 +37,16 @@ def submission_id() -> str:
     return uuid.uuid4().hex
 
 
+def pick(task: dict[str, Any]) -> dict[str, Any]:
+    """The body of a vote on a leased task (from `next`): its first candidate best, its second worst."""
+    ids = [c["id"] for c in task["candidates"]]
+    return {
+        "best_candidate_id": ids[0],
+        "worst_candidate_id": ids[1],
+        "client_submission_id": submission_id(),
+    }
+
+
 def wait_for_jobs(
     client: httpx.Client, headers: dict[str, str], project_id: int, timeout: float = 120
 ) -> list:

@@ -28,7 +28,7 @@ from dspo.db import session_scope, utcnow
 from dspo.models import ApiToken, User
 from dspo.security import new_token
 from tests.api.conftest import Api
-from tests.helpers import submission_id
+from tests.helpers import pick
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ROLES = {"annotator": "alice", "admin": "root"}
@@ -74,12 +74,7 @@ class Fuzz:
 def fuzz(api: Api) -> Iterator[Fuzz]:
     project_id = api.make_project(n_images=1, overlap=2)
     task = api.client.post(f"/api/v1/projects/{project_id}/next", headers=api.bob).json()
-    ids = [c["id"] for c in task["candidates"]]
-    vote = {
-        "best_candidate_id": ids[0],
-        "worst_candidate_id": ids[1],
-        "client_submission_id": submission_id(),
-    }
+    vote = pick(task)
     assert api.client.post(f"/api/v1/tasks/{task['id']}/vote", json=vote, headers=api.bob).status_code == 201
     state = Fuzz(api)
     state.mint_tokens()

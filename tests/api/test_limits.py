@@ -10,7 +10,7 @@ import pytest
 from annotation_server.main import create_app
 from dspo.runtime import Runtime
 from tests.api.conftest import Api
-from tests.helpers import serving, submission_id
+from tests.helpers import pick, serving
 
 MiB = 1024 * 1024
 
@@ -76,12 +76,7 @@ def test_bodies_are_refused_before_they_are_read(live: int, api: Api) -> None:
 def test_inputs_beyond_their_columns_are_422_never_500(api: Api) -> None:
     project_id = api.make_project(n_images=1, overlap=2)
     task = api.client.post(f"/api/v1/projects/{project_id}/next", headers=api.alice).json()
-    ids = [c["id"] for c in task["candidates"]]
-    vote = {
-        "best_candidate_id": ids[0],
-        "worst_candidate_id": ids[1],
-        "client_submission_id": submission_id(),
-    }
+    vote = pick(task)
     url = f"/api/v1/tasks/{task['id']}/vote"
 
     def status(method: str, path: str, **kwargs: object) -> int:
