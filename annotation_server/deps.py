@@ -14,7 +14,7 @@ Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependen
 and each such hop costs more than the work itself."""
 
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import anyio
@@ -44,7 +44,7 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def _session_dependency(read_only: bool):  # type: ignore[no-untyped-def]
+def _session_dependency(read_only: bool) -> Callable[[Runtime], AsyncIterator[Session]]:
     async def session_dependency(runtime: RuntimeDep) -> AsyncIterator[Session]:
         """A session for the request. Opening one does no I/O; closing one that is still in a transaction
         (an error, or a read that did not commit) rolls back over the network, so that runs in a thread."""
@@ -116,7 +116,8 @@ async def get_current_user(
         )
     if not token and request.method not in SAFE_METHODS:
         csrf = await submitted_csrf(request)
-        if not csrf or not hmac.compare_digest(csrf, csrf_token_for(runtime, cookie or "")):
+        # As bytes: a header may hold any latin-1 text, and compare_digest takes only ASCII strings.
+        if not csrf or not hmac.compare_digest(csrf.encode(), csrf_token_for(runtime, cookie or "").encode()):
             raise Forbidden("CSRF token missing or stale: reload the page and try again")
     return user
 

@@ -143,6 +143,8 @@ def test_a_new_password_a_deactivation_or_a_reset_ends_every_session(api: Api) -
 def test_logging_out_by_cookie_through_the_api_ends_the_session(api: Api) -> None:
     browser = cookie_session(api, "alice", "alice-password")
     assert browser.post("/api/v1/auth/logout").status_code == 403, "a cookie needs its CSRF token"
+    odd = browser.post("/api/v1/auth/logout", headers={"X-CSRF-Token": "é".encode("latin-1")})
+    assert odd.status_code == 403
     response = browser.post("/api/v1/auth/logout", headers={"X-CSRF-Token": csrf_of(browser)})
     assert response.status_code == 204 and "dspo_session" not in browser.cookies
     assert browser.get("/api/v1/auth/me").status_code == 401
