@@ -103,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 scale=4,
                 generator=generator,
                 generator_settings={},
-                segmenter="felzenszwalb",
+                segmenter="regions",
                 segmenter_settings={},
                 min_area_fraction=0.01,
             )

@@ -47,7 +47,7 @@ class ProjectCreate(BaseModel):
     scale: Literal[2, 4] = 4
     generator: str = "classical"
     generator_settings: dict[str, Any] = Field(default_factory=dict)
-    segmenter: str = "felzenszwalb"
+    segmenter: str = "regions"
     segmenter_settings: dict[str, Any] = Field(default_factory=dict)
     min_area_fraction: float = Field(default=0.005, ge=0, lt=1)
     contested_threshold: float | None = Field(default=None, ge=0)
