@@ -88,7 +88,9 @@ def picture(names: list[str], path: str, width: int = 420) -> None:
             edge = find_boundaries(labels, mode="thick")
             pixels[edge] = (255, 0, 255)
             tile = Image.fromarray(pixels)
-            tiles.append(tile.resize((width, round(width * image.height / image.width)), Image.Resampling.LANCZOS))
+            tiles.append(
+                tile.resize((width, round(width * image.height / image.width)), Image.Resampling.LANCZOS)
+            )
         rows.append(tiles)
     height = sum(row[0].height for row in rows) + 8 * (len(rows) - 1)
     canvas = Image.new("RGB", (2 * width + 8, height), "white")
@@ -101,7 +103,9 @@ def picture(names: list[str], path: str, width: int = 420) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--picture", help="write a picture of the regions of astronaut and coffee here")
     args = parser.parse_args()
 

@@ -99,7 +99,9 @@ def instances(ctx: JobContext) -> dict[str, Any]:
         ).all()
     images = [_image(ctx, sha) for sha in shas]
     ctx.progress(0.1, f"segmenting with {segmenter.name}")
-    masks = segmenter.segment(reference, images) if wants_candidates(segmenter) else segmenter.segment(reference)
+    masks = (
+        segmenter.segment(reference, images) if wants_candidates(segmenter) else segmenter.segment(reference)
+    )
     found = build_instances(masks, min_area_fraction=project.min_area_fraction)
     pixels = [np.asarray(image) for image in images]
     scores = [contested(pixels, inst.mask) for inst in found]

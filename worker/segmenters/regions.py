@@ -79,7 +79,9 @@ def _features(pixels: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.nd
     ranges = ((0.0, 100.0), (-60.0, 60.0), (-60.0, 60.0))
     colour = []
     for channel, (low, high) in enumerate(ranges):
-        binned = np.clip(((lab[..., channel] - low) / (high - low) * COLOUR_BINS).astype(int), 0, COLOUR_BINS - 1)
+        binned = np.clip(
+            ((lab[..., channel] - low) / (high - low) * COLOUR_BINS).astype(int), 0, COLOUR_BINS - 1
+        )
         colour.append(_histograms(labels, binned, COLOUR_BINS, count))
     smooth = ndimage.gaussian_filter(lab[..., 0], 1.0)
     gy, gx = ndimage.sobel(smooth, axis=0), ndimage.sobel(smooth, axis=1)
@@ -128,7 +130,9 @@ class RegionSegmenter:
         max_side: int | None = 512,
     ) -> None:
         if superpixels < 4 or compactness <= 0:
-            raise ValueError(f"regions needs superpixels >= 4 and compactness > 0, got {superpixels}, {compactness}")
+            raise ValueError(
+                f"regions needs superpixels >= 4 and compactness > 0, got {superpixels}, {compactness}"
+            )
         if not 1 <= min_regions <= max_regions:
             raise ValueError(f"need 1 <= min_regions <= max_regions, got {min_regions}, {max_regions}")
         for name, value in (
@@ -157,7 +161,9 @@ class RegionSegmenter:
         return self.focus == "disagreement"
 
     # ---- the public entry point ---------------------------------------------------------------
-    def segment(self, reference: Image.Image, candidates: Sequence[Image.Image] | None = None) -> list[np.ndarray]:
+    def segment(
+        self, reference: Image.Image, candidates: Sequence[Image.Image] | None = None
+    ) -> list[np.ndarray]:
         pixels, size = _prepare(reference, self.max_side)
         superpixels = slic(
             pixels, n_segments=self.superpixels, compactness=self.compactness, start_label=0, channel_axis=-1
@@ -199,7 +205,9 @@ class RegionSegmenter:
         texture = np.minimum(a.texture, b.texture).sum() / 2
         return float((2.0 * colour + texture) / 3.0)
 
-    def _group(self, regions: dict[int, _Region], borders: dict[tuple[int, int], int], image_area: int) -> None:
+    def _group(
+        self, regions: dict[int, _Region], borders: dict[tuple[int, int], int], image_area: int
+    ) -> None:
         """Selective-Search grouping, in place, under the box and count rules."""
         max_box = self.max_box_fraction * image_area
         neighbours: dict[int, set[int]] = {i: set() for i in regions}
@@ -273,19 +281,25 @@ class RegionSegmenter:
             if len(values) <= 1:
                 break
             borders = _adjacency(labels)
-            perimeter = dict.fromkeys(values.tolist(), 0)
+            edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+            on_edge = np.bincount(edge, minlength=int(values.max()) + 1)
+            perimeter = {v: int(on_edge[v]) for v in values.tolist()}  # the image's edge counts too
             for (a, b), length in borders.items():
                 perimeter[a] += length
                 perimeter[b] += length
             worst = None
-            for value, area in sorted(zip(values.tolist(), areas.tolist(), strict=True), key=lambda va: va[1]):
+            for value, area in sorted(
+                zip(values.tolist(), areas.tolist(), strict=True), key=lambda va: va[1]
+            ):
                 thickness = 2.0 * area / max(perimeter[value], 1)
                 if area < min_area or thickness < min_thickness:
                     worst = value
                     break
             if worst is None:
                 break
-            touching = [(length, b if a == worst else a) for (a, b), length in borders.items() if worst in (a, b)]
+            touching = [
+                (length, b if a == worst else a) for (a, b), length in borders.items() if worst in (a, b)
+            ]
             if not touching:
                 break
             labels[labels == worst] = max(touching)[1]
@@ -383,7 +397,10 @@ def _two_means(points: np.ndarray, weights: np.ndarray, iterations: int = 20) ->
         if new.all() or not new.any():
             return new
         centres = np.stack(
-            [np.average(points[~new], axis=0, weights=weights[~new]), np.average(points[new], axis=0, weights=weights[new])]
+            [
+                np.average(points[~new], axis=0, weights=weights[~new]),
+                np.average(points[new], axis=0, weights=weights[new]),
+            ]
         )
         if np.array_equal(new, side):
             break
