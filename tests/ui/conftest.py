@@ -30,6 +30,8 @@ from tests.helpers import login, png_bytes, wait_for_jobs
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
+# The task page is checked at both: a laptop and a desktop screen.
+VIEWPORTS = [VIEWPORT, {"width": 1920, "height": 1080}]
 
 
 def missing(what: str) -> None:
@@ -140,8 +142,8 @@ def new_page(browser: Any, site: Site) -> Iterator[Any]:
     """A factory of pages, each in a fresh browser context (its own cookies and localStorage)."""
     contexts = []
 
-    def make(username: str | None = None, password: str | None = None) -> Any:
-        context = browser.new_context(viewport=VIEWPORT, base_url=site.url)
+    def make(username: str | None = None, password: str | None = None, viewport: dict | None = None) -> Any:
+        context = browser.new_context(viewport=viewport or VIEWPORT, base_url=site.url)
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
