@@ -20,10 +20,11 @@ WORKSPACE = "document.getElementById('workspace')"
 
 @pytest.fixture(scope="module")
 def photo_project(site: Site) -> int:
-    """One photograph (160x106, x4: 640x424) with N = 4: regions of several shapes and a whole-image
-    task. Answers are given by annotators made for each test, so the tests do not share tasks."""
+    """One photograph (96x64, x4: 384x256) with N = 4: five regions of several shapes (some fit a pane
+    of the grid at 1280x800, some do not) and a whole-image task. Answers are given by annotators made
+    for each test, so the tests do not share tasks."""
     return site.make_project(
-        "photo", images=[photo_png(160, 106)], n_candidates=4, overlap=20, image_level_tasks=True
+        "photo", images=[photo_png(96, 64)], n_candidates=4, overlap=20, image_level_tasks=True
     )
 
 
@@ -61,6 +62,7 @@ def geometry(page: Any, scope: str = "#grid") -> list[dict]:
 
 def assert_aligned(panes: list[dict]) -> None:
     """The same image pixel lies under the same offset in every pane, on whole screen pixels."""
+    panes = [{key: round(v, 2) if isinstance(v, float) else v for key, v in pane.items()} for pane in panes]
     first = panes[0]
     for pane in panes:
         assert (pane["width"], pane["height"]) == (first["width"], first["height"]), panes
@@ -105,7 +107,7 @@ def test_every_task_opens_at_a_whole_zoom_shown_on_screen_with_aligned_panes(
         else:
             # Only a region larger than the pane is shrunk, and the page says so.
             assert "larger than the pane" in page.inner_text("#zoom-note")
-            assert readout.startswith(f"Zoom {k:.2f}×")
+            assert readout.startswith("Zoom 0.") and float(readout[5:9]) == pytest.approx(k, abs=0.006)
             assert width * 1 > panes[0]["width"] or height * 1 > panes[0]["height"]
         heads = page.eval_on_selector_all(".pane-head", "hs => hs.map(h => [h.scrollHeight, h.clientHeight])")
         assert all(scroll <= client for scroll, client in heads), "a header wrapped"
@@ -535,6 +537,7 @@ def test_a_reload_keeps_the_marks_and_texts(
     page.keyboard.press("w")
     page.keyboard.press("d")
     page.keyboard.type("tabby fur")
+    page.keyboard.press("Escape")  # leave the text field: keys are keys again
     page.keyboard.press("Shift+D")
     page.keyboard.type("smeared whiskers")
     page.keyboard.press("Escape")

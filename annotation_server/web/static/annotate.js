@@ -1320,10 +1320,9 @@
       } else if (event.key === "Escape") target.blur();
       return;
     }
-    // A control reached with the keyboard (Tab) keeps Enter and Space; one clicked with the mouse
-    // does not (it lost focus on the click), so Enter submits.
-    const control = target.closest("button, select, a, input, summary");
-    if (control && control.matches(":focus-visible") && (event.key === "Enter" || event.key === " ")) return;
+    // A button or link reached with Tab keeps Enter and Space (a mouse click never focuses one, see
+    // keepFocusOffButtons), so after a click Enter submits.
+    if (target.closest("button, a, summary") && (event.key === "Enter" || event.key === " ")) return;
     if (event.key.startsWith("Arrow") && target.matches("select, input[type=range]")) return;
     const entry = KEYMAP.find((e) => e.modes.includes(state.mode) && e.match(event));
     if (!entry) return;
@@ -1335,15 +1334,21 @@
     if (event.key === " " && state.mode === "focus") peek(false);
   }
 
-  // A mouse click leaves no focus behind, so the keys (Enter first) go on working on the page.
+  // A mouse click leaves no focus behind, so the keys (Enter first) go on working on the page:
+  // buttons are not focused by a press, other controls give their focus back once used.
+  function keepFocusOffButtons(event) {
+    if (event.target.closest("button, summary")) event.preventDefault();
+  }
+
   function dropMouseFocus(event) {
-    const control = event.target.closest("button, select, summary, input[type=checkbox], input[type=range]");
+    const control = event.target.closest("input[type=checkbox], input[type=range]");
     if (control && event.detail > 0) setTimeout(() => control.blur());
   }
 
   // ---- wiring -----------------------------------------------------------------------------------
   document.addEventListener("keydown", onKey);
   document.addEventListener("keyup", onKeyUp);
+  document.addEventListener("mousedown", keepFocusOffButtons, true);
   document.addEventListener("click", dropMouseFocus, true);
   for (const id of ["lq-method", "pair-a", "pair-b", "flicker-rate", "compare-range"]) {
     $(id).addEventListener("change", () => $(id).blur());
