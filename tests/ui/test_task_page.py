@@ -11,7 +11,7 @@ from PIL import Image
 
 from dspo.cli import ensure_user
 from dspo.models import Candidate, Instance, Task
-from tests.ui.conftest import VIEWPORTS, Site, photo_png, shown_task
+from tests.ui.conftest import VIEWPORT, VIEWPORTS, Site, photo_png, screenshot, shown_task
 
 pytestmark = pytest.mark.parametrize("viewport", VIEWPORTS, ids=lambda v: f"{v['width']}x{v['height']}")
 
@@ -123,6 +123,10 @@ def test_panes_stay_aligned_when_zoomed_and_panned(
     site: Site, new_page: Any, photo_project: int, viewport: dict
 ) -> None:
     page, _ = open_task(new_page, site, viewport, photo_project, "align")
+    if viewport != VIEWPORT:
+        page.keyboard.press("2")
+        page.keyboard.press("e")
+        screenshot(page, "task-page-1920.png")
     start = zoom(page)
     box = page.locator("#grid .viewport").nth(2).bounding_box()
     page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 3)
@@ -276,6 +280,9 @@ def test_focus_mode_switches_candidates_in_place(
     page.keyboard.press("2")
     page.keyboard.press("x")
     assert page.inner_text("#answer") == "Best: C · Worst: B"
+    if viewport == VIEWPORT:
+        page.keyboard.press("3")
+        screenshot(page, "task-focus.png")
     page.keyboard.press("v")
     assert page.get_attribute("#workspace", "data-mode") == "grid" and page.is_visible("#grid")
 
@@ -333,6 +340,8 @@ def test_flicker_and_compare_open_fitted_to_the_image(
         "spans the image"
     )
     page.keyboard.press(".")
+    if viewport == VIEWPORT:
+        screenshot(page, "task-compare.png")
     split = page.locator("#compare-split").bounding_box()
     assert abs(split["x"] + split["width"] - (image["x"] + 0.55 * image["width"])) <= 1.5
     assert page.eval_on_selector("#compare-over", "i => i.style.clipPath") == "inset(0px 45% 0px 0px)"

@@ -481,7 +481,7 @@
 
   const area = () => $("stage-area");
 
-  // The grid with the largest zoom for n panes (ties: fewer empty cells); every pane gets the same
+  // The grid with the largest zoom for n panes (ties: fewer empty cells, then more room); every pane gets the same
   // viewport, the image's size at that zoom (or the cell, if the image is larger).
   function layoutGrid() {
     const task = state.task;
@@ -496,10 +496,13 @@
       const cellH = Math.floor((H - GAP * (rows - 1)) / rows) - HEAD - 2 * BORDER;
       if (cellH < 24 || (cellW < MIN_PANE && best)) continue;
       const k = fitZoom(cellW, cellH, w, h);
+      const room = Math.min(cellW / w, cellH / h); // ties: the layout with more room around the image
       const empty = cols * rows - n;
-      if (!best || k > best.k + 1e-9 || (Math.abs(k - best.k) < 1e-9 && empty < best.empty)) {
-        best = { cols, k, cellW, cellH, empty };
-      }
+      const better =
+        !best ||
+        k > best.k + 1e-9 ||
+        (Math.abs(k - best.k) < 1e-9 && (empty < best.empty || (empty === best.empty && room > best.room)));
+      if (better) best = { cols, k, cellW, cellH, empty, room };
     }
     const view = state.grid;
     view.vw = Math.min(best.cellW, Math.round((w * best.k) / dpr()));
@@ -586,7 +589,7 @@
     const word = Number.isInteger(k) ? `${k}×` : `${k.toFixed(2)}×`;
     $("zoom-readout").textContent = `Zoom ${word}: 1 image pixel = ${Number.isInteger(k) ? k : k.toFixed(2)} screen pixel${k === 1 ? "" : "s"}`;
     const shrunk = view.fitK < 1 && k < 1;
-    $("zoom-note").textContent = shrunk ? "the region is larger than the pane, so it is shown smaller: P for 1:1" : "";
+    $("zoom-note").textContent = shrunk ? "shrunk: larger than the pane (P: 1:1)" : "";
     if (state.mode === "compare") drawSplit();
     drawCrosshair();
   }
@@ -1296,7 +1299,7 @@
     { id: "defect", keys: "Shift + D", modes: EVERYWHERE, does: "type what is wrong in the worst (Enter submits)",
       match: (e) => e.shiftKey && key(e) === "d", run: () => focusText("defect") },
     { id: "help", keys: "H", modes: EVERYWHERE, does: "the project's instructions and these keys",
-      match: (e) => key(e) === "h", run: () => $("help").showModal() },
+      match: (e) => key(e) === "h", run: () => openHelp() },
   ];
 
   function renderHelp() {
@@ -1308,6 +1311,11 @@
         return row;
       }),
     );
+  }
+
+  function openHelp() {
+    $("help").showModal();
+    $("help").scrollTop = 0; // the focused Close button is at the end; the instructions come first
   }
 
   function onKey(event) {
@@ -1371,7 +1379,7 @@
   });
   $("btn-flicker-auto").addEventListener("click", () => setFlickerAuto(!state.flickerAuto));
   $("flicker-rate").addEventListener("change", (event) => setFlickerRate(Number(event.target.value)));
-  $("btn-help").addEventListener("click", () => $("help").showModal());
+  $("btn-help").addEventListener("click", () => openHelp());
   $("outline").addEventListener("change", () => toggleOutline());
   $("dim").addEventListener("change", () => toggleDim());
   $("crosshair").addEventListener("change", () => toggleCrosshair());
