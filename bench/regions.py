@@ -85,7 +85,8 @@ def picture(names: list[str], path: str, width: int = 420) -> None:
             for i, mask in enumerate(get_segmenter(segmenter).segment(image)):
                 labels[mask] = i + 1
             pixels = np.asarray(image).copy()
-            edge = find_boundaries(labels, mode="thick")
+            # Two pixels wide, so that the lines survive the downscale to the picture's width.
+            edge = ndimage.binary_dilation(find_boundaries(labels, mode="thick"))
             pixels[edge] = (255, 0, 255)
             tile = Image.fromarray(pixels)
             tiles.append(

@@ -2,13 +2,15 @@
 
 The measure is the mean absolute difference of two candidates over all pixels and the three RGB
 channels, on the 0-255 scale. A candidate whose difference to some earlier candidate of the same source
-is under ``min_difference`` (default 3.0) is a near-duplicate: the generator proposes another one
+is under ``min_difference`` (default 4.0) is a near-duplicate: the generator proposes another one
 (another seed, setting or model) until one is far enough from every earlier candidate or
 ``max_attempts`` proposals were tried; then the most distinct proposal is kept, and its settings say so.
 
-Why 3.0: Real-ESRGAN's fourth default candidate (a denoise + unsharp refinement of the first) differed
-from the first by 1.3-3.2 on the demo photographs, while candidates from different models differed by
-2.7-13.8 (docs/regions.md, "Candidates"); differences under about 3 are hard to see on a 1:1 crop.
+Why 4.0: on the demo photographs, Real-ESRGAN's old fourth candidate (a denoise + unsharp refinement
+of the first) differed from the first by 1.3-3.9, and two classical candidates that differed by 1.5-2.7
+were hard to tell apart at 1:1 (docs/regions.md, "Candidates"). Pairs of different models can land
+under it too (2.6 on a dark photograph); a model's output has no other setting to fall back on, so it
+is kept, with its measure.
 
 Every kept candidate records, under ``settings["distinct"]``, the threshold, its difference to the
 nearest earlier candidate and which proposal it was (0 = the generator's first choice).
@@ -23,7 +25,7 @@ from PIL import Image
 
 from worker.generators.base import Candidate
 
-MIN_DIFFERENCE = 3.0
+MIN_DIFFERENCE = 4.0
 MAX_ATTEMPTS = 6
 
 

@@ -6,7 +6,7 @@ scale needs). A model whose native scale differs from the one asked for is resiz
 exact target size, and the settings say so. When more candidates are wanted than there are models, the
 rest are classical refinements (denoise + unsharp mask) of the models' outputs, then classical upscales
 of the LQ image: the first of those that is not a near-copy of an earlier candidate
-(worker.generators.distinct; a refinement of the first output alone was one, 1.3-3.2 apart on 0-255).
+(worker.generators.distinct; a refinement of the first output alone was one, 1.3-3.9 apart on 0-255).
 
 It runs on the CPU with gpuid=-1. It needs the Debian packages ``libvulkan1`` and ``libomp5``, and the
 non-headless ``opencv-python`` (which needs ``libgl1`` and ``libglib2.0-0``).
