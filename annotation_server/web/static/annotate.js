@@ -103,8 +103,7 @@
     localStorage.setItem(QUEUE_KEY, JSON.stringify(queue));
     renderPending();
   };
-  const dropFromQueue = (id) =>
-    saveQueue(loadQueue().filter((item) => item.body.client_submission_id !== id));
+  const dropFromQueue = (id) => saveQueue(loadQueue().filter((item) => item.body.client_submission_id !== id));
 
   let flushing = null;
   let retryTimer = null;
@@ -422,7 +421,9 @@
     const dim = el("canvas", { class: "layer dim", "aria-hidden": "true" });
     const overlay = svg("svg", { class: "overlay", "aria-hidden": "true" });
     const region = svg("g", { class: "region" });
-    region.append(svg("path", { class: "outline", "vector-effect": "non-scaling-stroke", "shape-rendering": "crispEdges" }));
+    region.append(
+      svg("path", { class: "outline", "vector-effect": "non-scaling-stroke", "shape-rendering": "crispEdges" }),
+    );
     overlay.append(region, svg("g", { class: "cross" }));
     box.append(dim, overlay);
     attachPointer(box);
@@ -587,7 +588,8 @@
     root.dataset.zoom = String(Math.round(view.k * 1000) / 1000);
     const k = view.k;
     const word = Number.isInteger(k) ? `${k}×` : `${k.toFixed(2)}×`;
-    $("zoom-readout").textContent = `Zoom ${word}: 1 image pixel = ${Number.isInteger(k) ? k : k.toFixed(2)} screen pixel${k === 1 ? "" : "s"}`;
+    $("zoom-readout").textContent =
+      `Zoom ${word}: 1 image pixel = ${Number.isInteger(k) ? k : k.toFixed(2)} screen pixel${k === 1 ? "" : "s"}`;
     const shrunk = view.fitK < 1 && k < 1;
     $("zoom-note").textContent = shrunk ? "shrunk: larger than the pane (P: 1:1)" : "";
     if (state.mode === "compare") drawSplit();
@@ -610,8 +612,8 @@
     const levels = [...new Set([...LEVELS, view.fitK])].sort((a, b) => a - b);
     const next =
       direction > 0
-        ? levels.find((level) => level > view.k + 1e-9) ?? MAX_ZOOM
-        : [...levels].reverse().find((level) => level < view.k - 1e-9) ?? levels[0];
+        ? (levels.find((level) => level > view.k + 1e-9) ?? MAX_ZOOM)
+        : ([...levels].reverse().find((level) => level < view.k - 1e-9) ?? levels[0]);
     zoomTo(next, px ?? view.vw / 2, py ?? view.vh / 2);
   }
 
@@ -1002,7 +1004,11 @@
       img.dataset.index = String(i);
       return img;
     });
-    enterSingle("focus", layers, "1…9 switch · L reference · hold Space to peek · G best · X worst · V or Esc to leave");
+    enterSingle(
+      "focus",
+      layers,
+      "1…9 switch · L reference · hold Space to peek · G best · X worst · V or Esc to leave",
+    );
     const strip = $("single-strip");
     strip.replaceChildren(
       ...[-1, ...task.candidates.keys()].map((i) => {
@@ -1225,81 +1231,270 @@
   const plain = (event) => !event.shiftKey;
   const stepOf = (event) => (event.shiftKey ? 0.5 : 0.1);
   const EVERYWHERE = ["grid", "focus", "flicker", "compare"];
-  const SINGLE = ["focus", "flicker", "compare"];
 
   const KEYMAP = [
-    { id: "best", keys: "1 … 9", modes: ["grid", "flicker", "compare"], does: "mark candidate A, B, C … as the best",
-      match: (e) => plain(e) && digit(e) !== null, run: (e) => markBest(digit(e)) },
-    { id: "show", keys: "1 … 9", modes: ["focus"], does: "show candidate A, B, C … in the pane",
-      match: (e) => plain(e) && digit(e) !== null, run: (e) => focusShow(digit(e)) },
-    { id: "worst", keys: "Q W E R Y U I O, or Shift + 1 … 9", modes: EVERYWHERE,
+    {
+      id: "best",
+      keys: "1 … 9",
+      modes: ["grid", "flicker", "compare"],
+      does: "mark candidate A, B, C … as the best",
+      match: (e) => plain(e) && digit(e) !== null,
+      run: (e) => markBest(digit(e)),
+    },
+    {
+      id: "show",
+      keys: "1 … 9",
+      modes: ["focus"],
+      does: "show candidate A, B, C … in the pane",
+      match: (e) => plain(e) && digit(e) !== null,
+      run: (e) => focusShow(digit(e)),
+    },
+    {
+      id: "worst",
+      keys: "Q W E R Y U I O, or Shift + 1 … 9",
+      modes: EVERYWHERE,
       does: "mark candidate A, B, C … as the worst (never the one marked best)",
-      match: (e) => (e.shiftKey && digit(e) !== null) || (plain(e) && WORST_KEYS.includes(key(e)) && e.key.length === 1),
-      run: (e) => markWorst(e.shiftKey ? digit(e) : WORST_KEYS.indexOf(key(e))) },
-    { id: "tie", keys: "T", modes: EVERYWHERE, does: "no visible difference (again: undo)",
-      match: (e) => key(e) === "t", run: () => setOutcome("tie") },
-    { id: "all-bad", keys: "A", modes: EVERYWHERE, does: "all candidates are bad (again: undo)",
-      match: (e) => key(e) === "a", run: () => setOutcome("all_bad") },
-    { id: "submit", keys: "Enter", modes: EVERYWHERE, does: "submit the answer (also right after a mouse click)",
-      match: (e) => e.key === "Enter", run: () => submit() },
-    { id: "skip", keys: "S", modes: EVERYWHERE, does: "skip this task", match: (e) => key(e) === "s",
-      run: () => submit("skip") },
-    { id: "undo", keys: "Z", modes: EVERYWHERE, does: "undo the last submission (within 30 s)",
-      match: (e) => key(e) === "z", run: () => undo() },
-    { id: "escape", keys: "Esc", modes: EVERYWHERE,
+      match: (e) =>
+        (e.shiftKey && digit(e) !== null) || (plain(e) && WORST_KEYS.includes(key(e)) && e.key.length === 1),
+      run: (e) => markWorst(e.shiftKey ? digit(e) : WORST_KEYS.indexOf(key(e))),
+    },
+    {
+      id: "tie",
+      keys: "T",
+      modes: EVERYWHERE,
+      does: "no visible difference (again: undo)",
+      match: (e) => key(e) === "t",
+      run: () => setOutcome("tie"),
+    },
+    {
+      id: "all-bad",
+      keys: "A",
+      modes: EVERYWHERE,
+      does: "all candidates are bad (again: undo)",
+      match: (e) => key(e) === "a",
+      run: () => setOutcome("all_bad"),
+    },
+    {
+      id: "submit",
+      keys: "Enter",
+      modes: EVERYWHERE,
+      does: "submit the answer (also right after a mouse click)",
+      match: (e) => e.key === "Enter",
+      run: () => submit(),
+    },
+    {
+      id: "skip",
+      keys: "S",
+      modes: EVERYWHERE,
+      does: "skip this task",
+      match: (e) => key(e) === "s",
+      run: () => submit("skip"),
+    },
+    {
+      id: "undo",
+      keys: "Z",
+      modes: EVERYWHERE,
+      does: "undo the last submission (within 30 s)",
+      match: (e) => key(e) === "z",
+      run: () => undo(),
+    },
+    {
+      id: "escape",
+      keys: "Esc",
+      modes: EVERYWHERE,
       does: "leave focus, flicker or compare; cancel an undo; leave a text field; close the help",
-      match: (e) => e.key === "Escape", run: () => (state.mode !== "grid" ? leaveMode() : state.resume && cancelUndo()) },
-    { id: "zoom-in", keys: "+ or =", modes: EVERYWHERE, does: "zoom in one step (wheel: at the pointer)",
-      match: (e) => e.key === "+" || e.key === "=", run: () => zoomStep(1) },
-    { id: "zoom-out", keys: "−", modes: EVERYWHERE, does: "zoom out one step",
-      match: (e) => e.key === "-", run: () => zoomStep(-1) },
-    { id: "fit", keys: "0", modes: EVERYWHERE, does: "fit: the largest whole zoom that shows the whole region",
-      match: (e) => plain(e) && e.code === "Digit0", run: () => fitView() },
-    { id: "one-to-one", keys: "P", modes: EVERYWHERE, does: "1:1, one image pixel per screen pixel",
-      match: (e) => key(e) === "p", run: () => oneToOne() },
-    { id: "pan", keys: "← → ↑ ↓", modes: EVERYWHERE, does: "pan (Shift: faster); drag with the mouse",
+      match: (e) => e.key === "Escape",
+      run: () => (state.mode !== "grid" ? leaveMode() : state.resume && cancelUndo()),
+    },
+    {
+      id: "zoom-in",
+      keys: "+ or =",
+      modes: EVERYWHERE,
+      does: "zoom in one step (wheel: at the pointer)",
+      match: (e) => e.key === "+" || e.key === "=",
+      run: () => zoomStep(1),
+    },
+    {
+      id: "zoom-out",
+      keys: "−",
+      modes: EVERYWHERE,
+      does: "zoom out one step",
+      match: (e) => e.key === "-",
+      run: () => zoomStep(-1),
+    },
+    {
+      id: "fit",
+      keys: "0",
+      modes: EVERYWHERE,
+      does: "fit: the largest whole zoom that shows the whole region",
+      match: (e) => plain(e) && e.code === "Digit0",
+      run: () => fitView(),
+    },
+    {
+      id: "one-to-one",
+      keys: "P",
+      modes: EVERYWHERE,
+      does: "1:1, one image pixel per screen pixel",
+      match: (e) => key(e) === "p",
+      run: () => oneToOne(),
+    },
+    {
+      id: "pan",
+      keys: "← → ↑ ↓",
+      modes: EVERYWHERE,
+      does: "pan (Shift: faster); drag with the mouse",
       match: (e) => e.key.startsWith("Arrow"),
       run: (e) => {
         const { vw, vh } = currentView();
         const step = stepOf(e);
-        const moves = { ArrowLeft: [vw * step, 0], ArrowRight: [-vw * step, 0], ArrowUp: [0, vh * step], ArrowDown: [0, -vh * step] };
+        const moves = {
+          ArrowLeft: [vw * step, 0],
+          ArrowRight: [-vw * step, 0],
+          ArrowUp: [0, vh * step],
+          ArrowDown: [0, -vh * step],
+        };
         pan(...moves[e.key]);
-      } },
-    { id: "focus", keys: "V", modes: EVERYWHERE, does: "focus: one large pane, candidates switched in place",
-      match: (e) => key(e) === "v", run: () => toggleFocus() },
-    { id: "reference", keys: "L", modes: EVERYWHERE, does: "show the LQ reference in the focus pane",
+      },
+    },
+    {
+      id: "focus",
+      keys: "V",
+      modes: EVERYWHERE,
+      does: "focus: one large pane, candidates switched in place",
+      match: (e) => key(e) === "v",
+      run: () => toggleFocus(),
+    },
+    {
+      id: "reference",
+      keys: "L",
+      modes: EVERYWHERE,
+      does: "show the LQ reference in the focus pane",
       match: (e) => key(e) === "l",
-      run: () => (state.mode === "focus" ? focusShow(-1) : enterFocus(-1)) },
-    { id: "peek", keys: "Space (hold)", modes: ["focus"], does: "show the LQ reference while held",
-      match: (e) => e.key === " ", run: (e) => !e.repeat && peek(true) },
-    { id: "best-shown", keys: "G", modes: ["focus"], does: "mark the candidate shown as the best",
-      match: (e) => key(e) === "g", run: () => markShown(true) },
-    { id: "worst-shown", keys: "X", modes: ["focus"], does: "mark the candidate shown as the worst",
-      match: (e) => key(e) === "x", run: () => markShown(false) },
-    { id: "flicker", keys: "F", modes: EVERYWHERE, does: "flicker between the best and worst marked (or the pair chosen)",
-      match: (e) => key(e) === "f", run: () => toggleFlicker() },
-    { id: "swap", keys: "Space", modes: ["flicker"], does: "swap by hand (stops the automatic flicker)",
-      match: (e) => e.key === " ", run: () => { setFlickerAuto(false); flickerSwap(); } },
-    { id: "rate", keys: ", and .", modes: ["flicker"], does: "flicker slower / faster",
-      match: (e) => e.key === "," || e.key === ".", run: (e) => stepFlickerRate(e.key === "," ? 1 : -1) },
-    { id: "compare", keys: "C", modes: EVERYWHERE, does: "compare the same pair with a slider over the image",
-      match: (e) => key(e) === "c", run: () => toggleCompare() },
-    { id: "split", keys: ", and .", modes: ["compare"], does: "move the split left / right",
-      match: (e) => e.key === "," || e.key === ".", run: (e) => setSplit(state.split + (e.key === "," ? -0.05 : 0.05)) },
-    { id: "outline", keys: "M", modes: EVERYWHERE, does: "the region's outline on / off", match: (e) => plain(e) && key(e) === "m",
-      run: () => toggleOutline() },
-    { id: "dim", keys: "Shift + M", modes: EVERYWHERE, does: "dim what lies outside the region on / off",
-      match: (e) => e.shiftKey && key(e) === "m", run: () => toggleDim() },
-    { id: "crosshair", keys: "K", modes: EVERYWHERE, does: "crosshair on / off: the pixel under the pointer, in every pane",
-      match: (e) => key(e) === "k", run: () => toggleCrosshair() },
-    { id: "lq-method", keys: "B", modes: EVERYWHERE, does: "reference upscaled bicubic or nearest",
-      match: (e) => key(e) === "b", run: () => setLqMethod(state.lqMethod === "bicubic" ? "nearest" : "bicubic") },
-    { id: "content", keys: "D", modes: EVERYWHERE, does: "type what the region really shows (Enter submits)",
-      match: (e) => plain(e) && key(e) === "d", run: () => focusText("content") },
-    { id: "defect", keys: "Shift + D", modes: EVERYWHERE, does: "type what is wrong in the worst (Enter submits)",
-      match: (e) => e.shiftKey && key(e) === "d", run: () => focusText("defect") },
-    { id: "help", keys: "H", modes: EVERYWHERE, does: "the project's instructions and these keys",
-      match: (e) => key(e) === "h", run: () => openHelp() },
+      run: () => (state.mode === "focus" ? focusShow(-1) : enterFocus(-1)),
+    },
+    {
+      id: "peek",
+      keys: "Space (hold)",
+      modes: ["focus"],
+      does: "show the LQ reference while held",
+      match: (e) => e.key === " ",
+      run: (e) => !e.repeat && peek(true),
+    },
+    {
+      id: "best-shown",
+      keys: "G",
+      modes: ["focus"],
+      does: "mark the candidate shown as the best",
+      match: (e) => key(e) === "g",
+      run: () => markShown(true),
+    },
+    {
+      id: "worst-shown",
+      keys: "X",
+      modes: ["focus"],
+      does: "mark the candidate shown as the worst",
+      match: (e) => key(e) === "x",
+      run: () => markShown(false),
+    },
+    {
+      id: "flicker",
+      keys: "F",
+      modes: EVERYWHERE,
+      does: "flicker between the best and worst marked (or the pair chosen)",
+      match: (e) => key(e) === "f",
+      run: () => toggleFlicker(),
+    },
+    {
+      id: "swap",
+      keys: "Space",
+      modes: ["flicker"],
+      does: "swap by hand (stops the automatic flicker)",
+      match: (e) => e.key === " ",
+      run: () => {
+        setFlickerAuto(false);
+        flickerSwap();
+      },
+    },
+    {
+      id: "rate",
+      keys: ", and .",
+      modes: ["flicker"],
+      does: "flicker slower / faster",
+      match: (e) => e.key === "," || e.key === ".",
+      run: (e) => stepFlickerRate(e.key === "," ? 1 : -1),
+    },
+    {
+      id: "compare",
+      keys: "C",
+      modes: EVERYWHERE,
+      does: "compare the same pair with a slider over the image",
+      match: (e) => key(e) === "c",
+      run: () => toggleCompare(),
+    },
+    {
+      id: "split",
+      keys: ", and .",
+      modes: ["compare"],
+      does: "move the split left / right",
+      match: (e) => e.key === "," || e.key === ".",
+      run: (e) => setSplit(state.split + (e.key === "," ? -0.05 : 0.05)),
+    },
+    {
+      id: "outline",
+      keys: "M",
+      modes: EVERYWHERE,
+      does: "the region's outline on / off",
+      match: (e) => plain(e) && key(e) === "m",
+      run: () => toggleOutline(),
+    },
+    {
+      id: "dim",
+      keys: "Shift + M",
+      modes: EVERYWHERE,
+      does: "dim what lies outside the region on / off",
+      match: (e) => e.shiftKey && key(e) === "m",
+      run: () => toggleDim(),
+    },
+    {
+      id: "crosshair",
+      keys: "K",
+      modes: EVERYWHERE,
+      does: "crosshair on / off: the pixel under the pointer, in every pane",
+      match: (e) => key(e) === "k",
+      run: () => toggleCrosshair(),
+    },
+    {
+      id: "lq-method",
+      keys: "B",
+      modes: EVERYWHERE,
+      does: "reference upscaled bicubic or nearest",
+      match: (e) => key(e) === "b",
+      run: () => setLqMethod(state.lqMethod === "bicubic" ? "nearest" : "bicubic"),
+    },
+    {
+      id: "content",
+      keys: "D",
+      modes: EVERYWHERE,
+      does: "type what the region really shows (Enter submits)",
+      match: (e) => plain(e) && key(e) === "d",
+      run: () => focusText("content"),
+    },
+    {
+      id: "defect",
+      keys: "Shift + D",
+      modes: EVERYWHERE,
+      does: "type what is wrong in the worst (Enter submits)",
+      match: (e) => e.shiftKey && key(e) === "d",
+      run: () => focusText("defect"),
+    },
+    {
+      id: "help",
+      keys: "H",
+      modes: EVERYWHERE,
+      does: "the project's instructions and these keys",
+      match: (e) => key(e) === "h",
+      run: () => openHelp(),
+    },
   ];
 
   function renderHelp() {
