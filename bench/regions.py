@@ -7,7 +7,7 @@ crop box near 1.0 shows the whole image and says nothing about where to look). P
 (docs/regions.md) and, with --picture, draws the regions of two photographs side by side.
 
     python -m bench.regions
-    python -m bench.regions --picture docs/screenshots/regions.png
+    python -m bench.regions --picture docs/screenshots/regions.jpg
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def picture(names: list[str], path: str, width: int = 420) -> None:
         canvas.paste(row[0], (0, y))
         canvas.paste(row[1], (width + 8, y))
         y += row[0].height + 8
-    canvas.save(path)
+    canvas.save(path, quality=85)  # a photograph: JPEG (for .jpg paths) keeps the docs small
 
 
 def main() -> None:
