@@ -159,7 +159,9 @@ def test_panes_stay_aligned_when_zoomed_and_panned(
 def test_two_to_eight_candidates_fit_with_short_headers(
     site: Site, new_page: Any, viewport: dict, n: int
 ) -> None:
-    project_id = site.make_project(f"n{n}", images=[photo_png(96, 64)], n_candidates=n, overlap=20)
+    project_id = site.make_project(
+        f"n{n}-{viewport['width']}", images=[photo_png(96, 64)], n_candidates=n, overlap=20
+    )
     page, _ = open_task(new_page, site, viewport, project_id, f"n{n}")
     panes = geometry(page)
     assert len(panes) == n + 1
