@@ -101,6 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "instructions": "Pick the candidate that looks most like a real, sharp photograph of this "
                 "region, and the one that looks least like it. Say what the region really shows.",
                 "generator": generator,
+                "segmenter": "regions",
                 "min_area_fraction": 0.01,
             }
             project = projects.create_project(session, settings, fields)

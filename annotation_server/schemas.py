@@ -169,7 +169,7 @@ class ProjectCreate(BaseModel):
     scale: Literal[2, 4] = 4
     generator: Annotated[Text, Field(min_length=1, max_length=32)] = "classical"
     generator_settings: JSONObject = Field(default_factory=dict)
-    segmenter: Annotated[Text, Field(min_length=1, max_length=32)] = "felzenszwalb"
+    segmenter: Annotated[Text, Field(min_length=1, max_length=32)] = "regions"
     segmenter_settings: JSONObject = Field(default_factory=dict)
     min_area_fraction: float = Field(default=0.005, ge=0, lt=1, allow_inf_nan=False)
     contested_threshold: float | None = Field(default=None, ge=0, allow_inf_nan=False)

@@ -94,7 +94,7 @@ class Project(Base):
     scale: Mapped[int] = mapped_column(Integer, default=4)
     generator: Mapped[str] = mapped_column(String(32), default="classical")
     generator_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    segmenter: Mapped[str] = mapped_column(String(32), default="felzenszwalb")
+    segmenter: Mapped[str] = mapped_column(String(32), default="regions")
     segmenter_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     min_area_fraction: Mapped[float] = mapped_column(Float, default=0.005)
     contested_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)

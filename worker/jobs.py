@@ -18,6 +18,7 @@ from dspo.models import Candidate, Instance, Project, Source, Task
 from worker.generators import get_generator
 from worker.instances import build_instances, contested
 from worker.segmenters import get_segmenter
+from worker.segmenters.base import wants_candidates
 
 
 def _load(ctx: JobContext) -> tuple[Source, Project]:
@@ -92,14 +93,17 @@ def instances(ctx: JobContext) -> dict[str, Any]:
     source, project = _load(ctx)
     reference = upsample(_image(ctx, source.lq_sha256), project.scale, method="bicubic")
     segmenter = get_segmenter(project.segmenter, **project.segmenter_settings)
-    ctx.progress(0.1, f"segmenting with {segmenter.name}")
-    found = build_instances(segmenter.segment(reference), min_area_fraction=project.min_area_fraction)
-
     with ctx.runtime.sessions() as session:
         shas = session.scalars(
             select(Candidate.sha256).where(Candidate.source_id == source.id).order_by(Candidate.position)
         ).all()
-    pixels = [np.asarray(_image(ctx, sha)) for sha in shas]
+    images = [_image(ctx, sha) for sha in shas]
+    ctx.progress(0.1, f"segmenting with {segmenter.name}")
+    masks = (
+        segmenter.segment(reference, images) if wants_candidates(segmenter) else segmenter.segment(reference)
+    )
+    found = build_instances(masks, min_area_fraction=project.min_area_fraction)
+    pixels = [np.asarray(image) for image in images]
     scores = [contested(pixels, inst.mask) for inst in found]
     kept = [
         (inst, score)

@@ -29,7 +29,14 @@ def wait_jobs(runtime: Runtime, project_id: int, timeout: float = 120) -> list[J
 
 def make_project(runtime: Runtime, n_sources: int = 3, name: str = "", **fields: object) -> int:
     """A project whose sources went through ingest → candidates → instances → tasks."""
-    defaults: dict[str, object] = {"n_candidates": 3, "overlap": 3, "min_area_fraction": 0.05}
+    # felzenszwalb: these tests count on its three instances per 24x16 source (regions, the default, makes
+    # other counts; its own tests are in tests/unit/test_segmenters.py).
+    defaults: dict[str, object] = {
+        "n_candidates": 3,
+        "overlap": 3,
+        "min_area_fraction": 0.05,
+        "segmenter": "felzenszwalb",
+    }
     with session_scope(runtime.sessions) as session:
         project = Project(name=name or uuid.uuid4().hex[:8], **{**defaults, **fields})
         session.add(project)

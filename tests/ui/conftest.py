@@ -26,6 +26,8 @@ from tests.helpers import login, png_bytes, serving, wait_for_jobs
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
+# The task page is checked at both: a laptop and a desktop screen.
+VIEWPORTS = [VIEWPORT, {"width": 1920, "height": 1080}]
 
 
 def missing(what: str) -> None:
@@ -121,10 +123,10 @@ def new_page(browser: Any, site: Site) -> Iterator[Any]:
     """A factory of pages, each in a fresh browser context (its own cookies and localStorage)."""
     contexts = []
 
-    def make(username: str | None = None, password: str | None = None) -> Any:
+    def make(username: str | None = None, password: str | None = None, viewport: dict | None = None) -> Any:
         # Playwright's wait_for_function polls with eval in the page, which the pages' CSP forbids;
         # test_every_page_works_within_its_content_security_policy uses a context that keeps it.
-        context = browser.new_context(viewport=VIEWPORT, base_url=site.url, bypass_csp=True)
+        context = browser.new_context(viewport=viewport or VIEWPORT, base_url=site.url, bypass_csp=True)
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()

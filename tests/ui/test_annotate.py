@@ -1,4 +1,5 @@
-"""The annotation page, driven in Chromium: keyboard only, synchronised zoom, flicker, undo."""
+"""The annotation page, driven in Chromium: keyboard only, synchronised zoom, undo. The task page's
+viewer (zoom, outline, focus, flicker, compare, the key map) is tested in test_task_page.py."""
 
 from typing import Any
 
@@ -51,7 +52,7 @@ def test_log_in_and_annotate_a_whole_project_by_keyboard(site: Site, new_page: A
         if kinds[task_id] == "image":  # the same page, on the whole image
             assert page.inner_text("#thumb-caption") == "Judge the whole image"
         labels = [page.inner_text(f".pane[data-index='{j}'] .label") for j in range(3)]
-        assert labels == ["Candidate A", "Candidate B", "Candidate C"]
+        assert labels == ["A", "B", "C"]
         keys, outcome, chosen = ANSWERS[i % len(ANSWERS)]
         if i == 0:
             press(page, keys[:2])
@@ -82,7 +83,7 @@ def pane_offsets(page: Any) -> list[tuple[float, float, float, float]]:
     return page.eval_on_selector_all(
         "#grid .viewport",
         """viewports => viewports.map(v => {
-            const a = v.getBoundingClientRect(), b = v.querySelector('img').getBoundingClientRect();
+            const a = v.getBoundingClientRect(), b = v.querySelector('img.layer').getBoundingClientRect();
             return [b.left - a.left, b.top - a.top, b.width, b.height].map(x => Math.round(x * 10) / 10);
         })""",
     )
@@ -99,14 +100,16 @@ def test_zoom_and_pan_move_every_pane_together(site: Site, new_page: Any) -> Non
     shown_task(page)
     start = pane_offsets(page)
     assert_together(start)
+    fit = float(page.get_attribute("#workspace", "data-zoom"))
 
     box = page.locator("#grid .viewport").nth(2).bounding_box()
     page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 3)
-    page.mouse.wheel(0, -600)  # zoom in around the pointer on candidate B
-    page.wait_for_function(f"document.getElementById('workspace').dataset.zoom > {start[0][2] / 1000}")
+    for _ in range(3):
+        page.mouse.wheel(0, -100)  # zoom in around the pointer on candidate B, a step a notch
+    page.wait_for_function(f"document.getElementById('workspace').dataset.zoom >= {fit + 3}")
     zoomed = pane_offsets(page)
     assert_together(zoomed)
-    assert zoomed[0][2] > start[0][2] * 2
+    assert zoomed[0][2] > start[0][2] * 1.5
 
     page.mouse.move(box["x"] + 50, box["y"] + 50)
     page.mouse.down()
@@ -122,67 +125,15 @@ def test_zoom_and_pan_move_every_pane_together(site: Site, new_page: Any) -> Non
     assert_together(keyed)
     assert keyed != dragged
 
-    for _ in range(12):
+    for _ in range(20):
         page.keyboard.press("+")  # down to single pixels, drawn nearest-neighbour
     assert float(page.get_attribute("#workspace", "data-zoom")) == 64
     rendering = page.eval_on_selector_all(
-        "#grid img", "imgs => imgs.map(i => getComputedStyle(i).imageRendering)"
+        "#grid img.layer", "imgs => imgs.map(i => getComputedStyle(i).imageRendering)"
     )
     assert set(rendering) == {"pixelated"}
     page.keyboard.press("0")
     assert pane_offsets(page) == start
-
-
-def test_flicker_and_slider_compare(site: Site, new_page: Any) -> None:
-    project_id = site.make_project("flicker")
-    page = new_page("alice")
-    page.goto(f"/projects/{project_id}/annotate")
-    shown_task(page)
-    urls = page.eval_on_selector_all(".pane[data-index] img", "imgs => imgs.map(i => i.getAttribute('src'))")
-    page.keyboard.press("1")
-    page.keyboard.press("e")  # best A, worst C: the flicker pair
-    page.keyboard.press("f")
-    assert page.is_hidden("#grid") and page.is_visible("#flicker")
-    seen = set()
-    for _ in range(30):
-        seen.add(page.get_attribute("#flicker-img", "src"))
-        page.wait_for_timeout(100)
-    assert seen == {urls[0], urls[2]}
-    page.keyboard.press("f")
-    assert page.is_visible("#grid") and page.is_hidden("#flicker")
-
-    page.keyboard.press("c")
-    assert page.is_visible("#compare")
-    assert page.get_attribute("#compare-over", "src") == urls[0]
-    assert page.get_attribute("#compare-under", "src") == urls[2]
-    before = page.eval_on_selector("#compare-clip", "c => c.style.clipPath")
-    page.keyboard.press(".")
-    page.keyboard.press(".")
-    after = page.eval_on_selector("#compare-clip", "c => c.style.clipPath")
-    assert after == "inset(0px 40% 0px 0px)" != before
-    page.keyboard.press("c")
-    assert page.is_visible("#grid")
-
-
-def test_reference_upscaling_and_mask_outline_switch(site: Site, new_page: Any) -> None:
-    project_id = site.make_project("switches", image_level_tasks=False)
-    page = new_page("alice")
-    page.goto(f"/projects/{project_id}/annotate")
-    shown_task(page)
-    reference = ".pane.reference img"
-    assert page.get_attribute(reference, "src").endswith("?method=bicubic")
-    page.keyboard.press("b")
-    assert page.get_attribute(reference, "src").endswith("?method=nearest")
-    assert page.inner_text(".pane.reference .label") == "LQ reference (nearest)"
-    assert page.get_attribute(reference, "alt") == "Low-quality reference, upscaled nearest"
-    page.keyboard.press("m")
-    sources = page.eval_on_selector_all(
-        ".pane[data-index] img", "imgs => imgs.map(i => i.getAttribute('src'))"
-    )
-    assert len(sources) == 3 and all(src.endswith("?outline=false") for src in sources)
-    assert not page.is_checked("#outline")
-    page.keyboard.press("m")
-    assert page.is_checked("#outline")
 
 
 def test_undo_replaces_the_last_answer_and_keeps_the_history(site: Site, new_page: Any) -> None:

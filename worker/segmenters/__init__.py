@@ -6,13 +6,16 @@ from typing import Any
 
 from worker.segmenters.base import Segmenter
 from worker.segmenters.classical import FelzenszwalbSegmenter, SlicSegmenter
+from worker.segmenters.regions import RegionSegmenter
 from worker.segmenters.sam import SamSegmenter
 
 __all__ = ["KNOWN_SEGMENTERS", "Segmenter", "get_segmenter"]
 
-# "classical" names the default classical method, for projects that do not care which.
+# "classical" names the default classical method, for projects that do not care which: since the
+# regions segmenter came, that is "regions" (felzenszwalb and slic stay available by their names).
 _SEGMENTERS: dict[str, type] = {
-    "classical": FelzenszwalbSegmenter,
+    "regions": RegionSegmenter,
+    "classical": RegionSegmenter,
     "felzenszwalb": FelzenszwalbSegmenter,
     "slic": SlicSegmenter,
     "sam": SamSegmenter,  # needs the [train] extra (transformers, torch) when it runs

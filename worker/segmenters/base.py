@@ -17,6 +17,12 @@ class Segmenter(Protocol):
     def segment(self, reference: Image.Image) -> list[np.ndarray]: ...
 
 
+def wants_candidates(segmenter: Segmenter) -> bool:
+    """Whether the segmenter takes the source's candidates too (``segment(reference, candidates)``),
+    to put its regions where the candidates differ."""
+    return bool(getattr(segmenter, "uses_candidates", False))
+
+
 def labels_to_masks(labels: np.ndarray) -> list[np.ndarray]:
     """One bool mask per label present in an integer label image, in increasing label order."""
     present = np.unique(labels)
