@@ -92,11 +92,11 @@ def decide(scores: list[float], profile: Profile, rng: np.random.Generator) -> D
     """Noise on every score and the position bias on the first shown; a tie when best and worst are
     closer than the tie threshold; else the best and the worst as perceived. (Skips are decided
     before the oracle is asked: see Simulation._decide.)"""
-    seen = np.asarray(scores, dtype=float) + rng.normal(0.0, profile.noise, len(scores))
-    seen[0] += profile.position_bias
-    if seen.max() - seen.min() < profile.tie_threshold:
+    perceived = np.asarray(scores, dtype=float) + rng.normal(0.0, profile.noise, len(scores))
+    perceived[0] += profile.position_bias
+    if perceived.max() - perceived.min() < profile.tie_threshold:
         return Decision("tie")
-    return Decision("pick", best=int(seen.argmax()), worst=int(seen.argmin()))
+    return Decision("pick", best=int(perceived.argmax()), worst=int(perceived.argmin()))
 
 
 class ApiError(RuntimeError):
@@ -164,6 +164,8 @@ class Simulation:
         self.profiles, self.seed, self.prefix, self.timeout = annotator_profiles, seed, prefix, timeout
         self.admin = self._client(admin_token)
         self.images = ImageCache()
+        self._prompts: dict[int, str] = {}
+        self._prompts_lock = threading.Lock()
         self.project = _check(self.admin.get(f"{API}/projects/{project_id}"), "read the project").json()
 
     def _client(self, token: str | None = None) -> httpx.Client:
@@ -208,10 +210,11 @@ class Simulation:
         rng = np.random.default_rng([self.seed, 2, number])
         with self._client() as anonymous:
             token = login(anonymous, report.username, password)
+        seen: set[str] = set()  # what this annotator's browser would have cached
         with self._client(token) as client:
             idle = 0
             while True:
-                response = _check(client.post(f"{API}/projects/{self.project_id}/next"), "next task")
+                response = _check(self._post(client, f"{API}/projects/{self.project_id}/next"), "next task")
                 if response.status_code == 204:
                     if not self._left_for(client):
                         return
@@ -222,12 +225,24 @@ class Simulation:
                 idle = 0
                 task = response.json()
                 shown_at = time.monotonic()
+                self._look(client, task, seen)
                 decision = self._decide(client, task, report.profile, rng)
                 wait = report.profile.seconds_per_task - (time.monotonic() - shown_at)
                 if wait > 0:
                     time.sleep(wait)
                 body = self._body(task, decision, shown_at)
                 self._send(client, task["id"], body, report)
+
+    def _look(self, client: httpx.Client, task: dict[str, Any], seen: set[str]) -> None:
+        """Load what the task page shows (the LQ reference, the candidates, the mask), as its browser
+        would: each URL once, as the page asks for it. The oracle reads the full images (below)."""
+        urls = [f"{task['lq_url']}?method=bicubic", *([task["mask_url"]] if task["mask_url"] else [])]
+        suffix = "?outline=false" if task["kind"] == "instance" else ""
+        urls += [f"{c['image_url']}{suffix}" for c in task["candidates"]]
+        for url in urls:
+            if url not in seen:
+                _check(client.get(url), f"GET {url}")
+                seen.add(url)
 
     def _left_for(self, client: httpx.Client) -> int:
         """Open tasks this annotator has neither answered nor skipped."""
@@ -250,8 +265,24 @@ class Simulation:
             box=tuple(task["box"]),
             scale=self.project["scale"],
             kind=task["kind"],
+            prompt=self._prompt(task["source_id"]),
             candidate_ids=ids,
         )
+
+    def _prompt(self, source_id: int) -> str:
+        """The source's prompt (admin's list of sources, read again when a source is new to it)."""
+        with self._prompts_lock:
+            if source_id not in self._prompts:
+                offset = 0
+                while page := _check(
+                    self.admin.get(
+                        f"{API}/projects/{self.project_id}/sources", params={"offset": offset, "limit": 1000}
+                    ),
+                    "list the sources",
+                ).json():
+                    self._prompts |= {s["id"]: s["prompt"] for s in page}
+                    offset += len(page)
+            return self._prompts.get(source_id, "")
 
     def _decide(
         self, client: httpx.Client, task: dict[str, Any], profile: Profile, rng: np.random.Generator
@@ -297,7 +328,7 @@ class Simulation:
             raise ApiError(f"task {task_id}: even a skip was refused: {response.text[:300]}")
         self._send(client, task_id, {"outcome": "skip", "client_submission_id": uuid.uuid4().hex}, report)
 
-    def _post(self, client: httpx.Client, url: str, body: dict[str, Any]) -> httpx.Response:
+    def _post(self, client: httpx.Client, url: str, body: dict[str, Any] | None = None) -> httpx.Response:
         """POST with the page's retry rule: the same body (so the same submission id) again after a
         transport error, a 5xx or a 429, so that a retry whose first attempt did arrive counts once."""
         for attempt in range(RETRIES):

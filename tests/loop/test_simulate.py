@@ -45,7 +45,7 @@ def make_project(
             upload = client.post(
                 f"/api/v1/projects/{project_id}/uploads",
                 files={"file": (f"{seed}.png", png_bytes(*size, seed), "image/png")},
-                data={"kind": kind},
+                data={"kind": kind, "prompt": f"photo {seed}"},
             )
             assert upload.status_code == 201, upload.text
     assert all(job.state == "succeeded" for job in wait_jobs(runtime, project_id))
@@ -89,6 +89,7 @@ def test_a_custom_oracle_drives_the_project_to_completion_and_wins(
     # HQ where the source was an HQ upload (cropped to the SR size), none for the LQ upload.
     assert {q.hq is None for q in oracles.CALLS} == {True, False}
     assert all(q.hq is None or q.hq.shape == q.candidates[0].shape for q in oracles.CALLS)
+    assert {q.prompt for q in oracles.CALLS} == {"photo 0", "photo 1", "photo 2"}
 
     with runtime.sessions() as session:
         states = dict(
