@@ -27,13 +27,16 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.jobs_in_process:
-            resumed = job_layer.resume_unfinished(runtime)
-            if resumed:
-                log.info("resumed %d unfinished in-process jobs", resumed)
+        if not settings.jobs_in_process:
+            yield  # Celery beat runs the sweeper and the relay (worker/celery_app.py)
+            return
+        resumed = job_layer.resume_unfinished(runtime)
+        if resumed:
+            log.info("resumed %d unfinished in-process jobs", resumed)
+        recovery = job_layer.RecoveryLoop(runtime).start()
         yield
-        if settings.jobs_in_process:
-            job_layer.shutdown_executor(runtime)
+        recovery.stop()
+        job_layer.shutdown_executor(runtime)
 
     app = FastAPI(
         title="DSPO annotation server",

@@ -247,6 +247,9 @@ class JobOut(ORMModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    worker: str | None = Field(description="who runs or ran it last: host:pid")
+    heartbeat_at: datetime | None = Field(description="when its worker was last seen running it")
+    worker_rss_bytes: int | None = Field(description="its worker's memory (resident bytes) when last seen")
 
 
 # --- Annotation ---------------------------------------------------------------------------------------

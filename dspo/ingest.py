@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dspo import jobs
 from dspo.blobs import BlobStore
 from dspo.images import ImageRejected, decode_upload, encode_png, sha256_hex
 from dspo.models import Project, Source
@@ -41,10 +42,18 @@ def prepare_image(blobs: BlobStore, data: bytes, *, kind: str, scale: int, max_p
 
 
 def record_source(
-    session: Session, project_id: int, image: PreparedImage, *, filename: str, kind: str, prompt: str
-) -> tuple[Source, bool]:
-    """Insert the source and commit; if the same file arrived concurrently and the other request won,
-    return its source instead (duplicate True)."""
+    session: Session,
+    project_id: int,
+    image: PreparedImage,
+    *,
+    filename: str,
+    kind: str,
+    prompt: str,
+    ingest_job: bool = False,
+) -> tuple[Source, bool, int | None]:
+    """Insert the source (and, with ingest_job, its ingest job: in the same transaction, so that no
+    source is ever left without one) and commit; returns (source, duplicate, ingest job id). If the
+    same file arrived concurrently and the other request won, returns its source (duplicate True)."""
     source = Source(
         project_id=project_id,
         upload_sha256=image.upload_sha256,
@@ -57,15 +66,20 @@ def record_source(
         height=image.height if kind == "lq" else None,
     )
     session.add(source)
+    job_id = None
     try:
+        if ingest_job:
+            session.flush()
+            [job] = jobs.create(session, [jobs.JobSpec("ingest", {"source_id": source.id}, project_id)])
+            job_id = job.id
         session.commit()
     except IntegrityError:
         session.rollback()
         existing = find_source(session, project_id, image.upload_sha256)
         if existing is None:
             raise
-        return existing, True
-    return source, False
+        return existing, True, None
+    return source, False, job_id
 
 
 def add_source(
@@ -84,7 +98,10 @@ def add_source(
     if existing is not None:
         return existing, True
     image = prepare_image(blobs, data, kind=kind, scale=project.scale, max_pixels=max_pixels)
-    return record_source(session, project.id, image, filename=filename, kind=kind, prompt=prompt)
+    source, duplicate, _ = record_source(
+        session, project.id, image, filename=filename, kind=kind, prompt=prompt
+    )
+    return source, duplicate
 
 
 def find_source(session: Session, project_id: int, upload_sha256: str) -> Source | None:

@@ -42,6 +42,28 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=900, ge=1)
     inprocess_job_threads: int = 2
 
+    # Jobs that recover by themselves (dspo/jobs.py): a running job writes a heartbeat; the sweeper
+    # re-queues one whose heartbeat is older than job_stale_seconds (its worker died), at most
+    # job_max_attempts times, then fails it with the reason; the relay sends queued jobs whose message
+    # was never sent (broker down) or was sent job_redispatch_seconds ago and is still waiting (a broker
+    # that lost it). Celery beat runs both ticks (`dspo beat`); the embedded server runs them in-process.
+    job_heartbeat_seconds: float = Field(default=10, gt=0, le=600)
+    job_stale_seconds: float = Field(
+        default=60, gt=0, description="a running job's worker is taken for dead after this silence"
+    )
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
+    job_relay_seconds: float = Field(default=10, gt=0, description="how often queued jobs are (re)sent")
+    job_sweep_seconds: float = Field(
+        default=15, gt=0, description="how often jobs of dead workers are looked for"
+    )
+    job_redispatch_seconds: float = Field(
+        default=300, gt=0, description="a queued job whose message was sent this long ago is sent again"
+    )
+    # Redis redelivers a message that was not acknowledged within this time; the database decides who
+    # runs a job (a redelivered message of a job that runs or ran is dropped), so a long training job
+    # never runs twice at once whatever the value: it only bounds how long a lost message waits.
+    broker_visibility_timeout_seconds: int = Field(default=3600, ge=60)
+
     @property
     def jobs_in_process(self) -> bool:
         return not self.broker_url
