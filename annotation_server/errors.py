@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from annotation_server.schemas import validation_message
@@ -60,6 +61,18 @@ def install(app: FastAPI) -> None:
         if _is_page(request) and exc.status_code >= 400:
             return _page(request, str(exc.detail), exc.status_code, exc.headers)
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unreachable(request: Request, exc: Exception) -> Response:
+        # A database that restarts, fails over or refuses connections: nothing was written that the
+        # client was told about, and the same request succeeds once it is back (votes are idempotent
+        # by their client_submission_id).
+        message = "the database cannot be reached right now; try again in a moment"
+        headers = {"Retry-After": "1"}
+        if _is_page(request):
+            return _page(request, message, 503, headers)
+        return JSONResponse({"detail": message}, status_code=503, headers=headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
