@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dspo.errors import Conflict
@@ -130,6 +130,19 @@ def _check_connections_when_in_doubt(engine: Engine) -> None:
             last_disconnect[0] = now
             # The pool replaces the connection and checks out again (a fresh one needs no ping).
             raise DisconnectionError(f"a pooled connection was dead: {exc}") from exc
+
+
+def database_unreachable(exc: DBAPIError) -> bool:
+    """Whether an error says the database server cannot be reached or dropped the connection (a
+    restart, a failover, refused connections), rather than that a statement was wrong: PostgreSQL's
+    connection-exception and operator-intervention classes (08, 57P), or no SQLSTATE at all from a
+    driver that has them (the connection never opened). SQLite's errors are never outages."""
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError) or not hasattr(exc.orig, "sqlstate"):
+        return False
+    sqlstate = exc.orig.sqlstate or ""
+    return sqlstate == "" or sqlstate.startswith(("08", "57P"))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
