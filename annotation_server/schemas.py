@@ -233,6 +233,13 @@ class UploadOut(BaseModel):
     job_id: int | None = None
 
 
+class Readiness(BaseModel):
+    status: str = Field(description="ready, or not ready")
+    checks: dict[str, str] = Field(
+        description='each check ("database", "migrations", "broker"): "ok" or what is wrong'
+    )
+
+
 class JobOut(ORMModel):
     id: int
     kind: str

@@ -2,9 +2,12 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "change-me"
 
 
 class Settings(BaseSettings):
@@ -14,7 +17,13 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/dspo.db"
     broker_url: str = Field(default="", description="Celery broker (redis://...); empty runs jobs in-process")
     storage_root: Path = Path("var/blobs")
-    secret_key: str = "change-me"
+    secret_key: str = DEFAULT_SECRET_KEY
+    # A development server (the demo, a laptop) may run with the default secret key; a production one
+    # refuses to start with it (annotation_server.main.check_secret).
+    development: bool = False
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per log line, for log collectors"
+    )
     redis_key_prefix: str = "dspo"
 
     default_candidates: int = Field(default=4, ge=2, le=16, description="N, candidates per LQ image")
@@ -63,6 +72,14 @@ class Settings(BaseSettings):
     # runs a job (a redelivered message of a job that runs or ran is dropped), so a long training job
     # never runs twice at once whatever the value: it only bounds how long a lost message waits.
     broker_visibility_timeout_seconds: int = Field(default=3600, ge=60)
+
+    retrain_tick_seconds: float = Field(
+        default=60, gt=0, description="how often `dspo beat` checks the projects for scheduled retraining"
+    )
+
+    # Bounded memory in the workers: images are processed in bands of this many rows where a step would
+    # otherwise hold several float copies of a whole image (0: whole images at once, as before).
+    worker_band_rows: int = Field(default=256, ge=0, le=65536)
 
     @property
     def jobs_in_process(self) -> bool:

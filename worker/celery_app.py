@@ -1,13 +1,12 @@
 """The Celery worker: `dspo worker` runs it. Each Celery task runs one job row through dspo.jobs."""
 
 import logging
-import os
 from functools import cache
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
-from dspo import jobs
+from dspo import jobs, logs
 from dspo.retrain import retrain_tick
 from dspo.runtime import Runtime
 from dspo.settings import get_settings
@@ -43,7 +42,7 @@ def make_celery() -> Celery:
     app.conf.beat_schedule = {
         "retrain": {
             "task": RETRAIN_TASK_NAME,
-            "schedule": float(os.environ.get("DSPO_RETRAIN_TICK_SECONDS", "60")),
+            "schedule": settings.retrain_tick_seconds,
         },
         "relay-jobs": {
             "task": RELAY_TASK_NAME,
@@ -68,6 +67,15 @@ def runtime() -> Runtime:
 def _fresh_runtime_per_process(**_: object) -> None:
     # Database connections must not be shared across the prefork boundary.
     runtime.cache_clear()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: object) -> None:
+    # Celery sets up its own handlers; with DSPO_LOG_FORMAT=json they write JSON like the server's.
+    if get_settings().log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(logs.JsonFormatter())
 
 
 def run_job(job_id: int) -> str:
