@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # Bounded memory in the workers: images are processed in bands of this many rows where a step would
     # otherwise hold several float copies of a whole image (0: whole images at once, as before).
     worker_band_rows: int = Field(default=256, ge=0, le=65536)
+    # Real-ESRGAN runs in tiles of this many LQ pixels a side, so that a worker's memory does not grow
+    # with the image (measured in docs/benchmarks.md); 0: untiled (the package's default, whole image).
+    realesrgan_tile_size: int = Field(default=64, ge=0, le=4096)
 
     @property
     def jobs_in_process(self) -> bool:
