@@ -32,6 +32,13 @@ def prepare_image(blobs: BlobStore, data: bytes, *, kind: str, scale: int, max_p
     orientation applied, RGB). Raises dspo.images.ImageRejected, with the reason, for anything that is
     not a usable image. Touches no database."""
     image = decode_upload(data, max_pixels=max_pixels)
+    if kind == "lq" and image.width * image.height * scale * scale > max_pixels:
+        # The workers' memory is sized for candidates of at most max_pixels (docs/benchmarks.md).
+        raise ImageRejected(
+            f"the LQ image is {image.width}x{image.height}: its x{scale} candidates would be "
+            f"{image.width * scale}x{image.height * scale}, more than the {max_pixels} pixels "
+            "(DSPO_MAX_IMAGE_PIXELS) a worker processes; upload a smaller LQ image, or the HQ original"
+        )
     smallest = MIN_LQ_SIDE * (scale if kind == "hq" else 1)
     if min(image.size) < smallest:
         raise ImageRejected(
