@@ -132,6 +132,28 @@ def run_pipeline(data: bytes, *, kind: str, generator: str, band_rows: int, work
     return steps
 
 
+DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # as annotation_server/cli.py's demo
+
+
+def demo(generator: str, band_rows: int) -> None:
+    """The photographs `dspo demo` uploads, one pipeline each, with the bounded settings."""
+    from skimage import data as photos
+
+    from dspo.images import encode_png
+
+    print(
+        f"generator {generator}, the demo's photographs as HQ uploads, x4; peak RSS per job (MB)", flush=True
+    )
+    for name in DEMO_PHOTOS:
+        image = Image.fromarray(getattr(photos, name)()).convert("RGB")
+        with tempfile.TemporaryDirectory() as tmp:
+            steps = run_pipeline(
+                encode_png(image), kind="hq", generator=generator, band_rows=band_rows, workdir=Path(tmp)
+            )
+        cells = " ".join(f"{s['kind']} {s['peak_mb']:.0f} MB {s['seconds']:.1f} s;" for s in steps)
+        print(f"{name:>10} {image.width}x{image.height}: {cells}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megapixels", type=float, nargs="+", default=[10.0, 40.0])
@@ -147,7 +169,15 @@ def main() -> None:
     parser.add_argument(
         "--tiles", type=int, nargs="+", default=[0, 128], help="tile sizes for --esrgan-sides"
     )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="instead: the demo's four photographs (HQ, x4), bounded settings only",
+    )
     args = parser.parse_args()
+    if args.demo:
+        demo(args.generator, args.band_rows)
+        return
     if args.esrgan_sides:
         print("realesrgan-x4plus, one call on a square LQ image; peak RSS of the process (MB) and time")
         print(
