@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=900, ge=1)
     inprocess_job_threads: int = 2
 
+    # The Label Studio bridge (docs/labelstudio.md). public_url: where browsers and Label Studio reach
+    # this server (image URLs and the webhook are made from it). The webhook is refused while its
+    # secret is empty; Label Studio sends it in the X-DSPO-Webhook-Secret header.
+    public_url: str = "http://127.0.0.1:8000"
+    labelstudio_webhook_secret: str = ""
+    labelstudio_image_url_hours: int = Field(
+        default=24 * 30, ge=1, le=24 * 3650, description="how long the image URLs of a push stay valid"
+    )
+
     @property
     def jobs_in_process(self) -> bool:
         return not self.broker_url
