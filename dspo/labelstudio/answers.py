@@ -63,12 +63,15 @@ def _answer_row(session: Session, project_id: int, annotation_id: int) -> LabelS
     return session.scalars(stmt).first()
 
 
+def is_id(value: Any) -> bool:
+    """An id that fits the BIGINT columns (ids in payloads come from outside)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2**63 - 1
+
+
 def _task_of(session: Session, project_id: int, data: dict[str, Any]) -> tuple[int, list[int]]:
     """Our task id and the candidate order the annotator saw, from the Label Studio task's data."""
     task_id, order = data.get(TASK_ID_KEY), data.get(CANDIDATES_KEY)
-    if not isinstance(task_id, int) or not (
-        isinstance(order, list) and all(isinstance(c, int) for c in order)
-    ):
+    if not is_id(task_id) or not (isinstance(order, list) and all(is_id(c) for c in order)):
         raise AnswerRejected(
             f"the Label Studio task has no {TASK_ID_KEY!r} and {CANDIDATES_KEY!r}: it was not pushed by "
             "`dspo labelstudio push`"
@@ -207,13 +210,13 @@ def _apply_annotation(session: Session, project_id: int, event: AnnotationEvent)
     try:
         task_id, order = _task_of(session, project_id, event.task_data)
         row.task_id = task_id
-        answer = read_answer(event.result, order, was_cancelled=event.was_cancelled)
         if not event.email:
             raise AnswerRejected(
                 f"Label Studio user {event.ls_user_id} is not known here yet (they joined after the last "
                 "push or sync): the next `dspo labelstudio sync` applies this answer"
             )
         row.user_id = _user_for(session, event.email).id
+        answer = read_answer(event.result, order, was_cancelled=event.was_cancelled)
         session.flush()
         with session.begin_nested():
             vote_id = _write_vote(
@@ -223,7 +226,8 @@ def _apply_annotation(session: Session, project_id: int, event: AnnotationEvent)
     except (AnswerRejected, DspoError) as exc:
         # The savepoint undid any part of a new vote; an earlier accepted one is withdrawn.
         _withdraw(session, row)
-        row.state, row.reason = "rejected", exc.message if isinstance(exc, DspoError) else str(exc)
+        reason = exc.message if isinstance(exc, DspoError) else str(exc)
+        row.state, row.reason = "rejected", reason.replace("\x00", "")  # PostgreSQL text takes no NUL
     return row
 
 

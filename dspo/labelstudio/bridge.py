@@ -21,7 +21,7 @@ from dspo.assign import shown_order
 from dspo.db import utcnow
 from dspo.errors import DspoError, InvalidInput, NotFound
 from dspo.labelstudio import signing
-from dspo.labelstudio.answers import AnnotationEvent, apply_annotation, apply_deletion
+from dspo.labelstudio.answers import AnnotationEvent, apply_annotation, apply_deletion, is_id
 from dspo.labelstudio.config import (
     CANDIDATES_KEY,
     TASK_ID_KEY,
@@ -268,9 +268,13 @@ def _register_webhook(
 
 
 def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be an integer, not {value!r:.80}")
+    if not is_id(value):
+        raise InvalidInput(f"{what} must be a positive 64-bit integer, not {value!r:.80}")
     return value
+
+
+def _id_or_none(value: Any) -> int | None:
+    return value if is_id(value) else None
 
 
 def _updated_at(value: Any) -> datetime | None:
@@ -289,13 +293,10 @@ def annotation_event(annotation: Any, task: Any, user_emails: dict[str, str]) ->
         raise InvalidInput("an annotation and its task must be JSON objects")
     completed_by = annotation.get("completed_by")
     if isinstance(completed_by, dict):
-        ls_user_id = completed_by.get("id") if isinstance(completed_by.get("id"), int) else None
+        ls_user_id = _id_or_none(completed_by.get("id"))
         email = completed_by.get("email") if isinstance(completed_by.get("email"), str) else ""
     else:
-        ls_user_id = (
-            completed_by if isinstance(completed_by, int) and not isinstance(completed_by, bool) else None
-        )
-        email = ""
+        ls_user_id, email = _id_or_none(completed_by), ""
     email = email or user_emails.get(str(ls_user_id), "")
     result = annotation.get("result")
     data = task.get("data")
@@ -303,10 +304,10 @@ def annotation_event(annotation: Any, task: Any, user_emails: dict[str, str]) ->
         annotation_id=_int(annotation.get("id"), "annotation.id"),
         task_data=data if isinstance(data, dict) else {},
         ls_user_id=ls_user_id,
-        email=email[:254],
+        email=email[:254].replace("\x00", ""),
         result=result if isinstance(result, list) else [],
         was_cancelled=annotation.get("was_cancelled") is True,
-        ls_task_id=task.get("id") if isinstance(task.get("id"), int) else None,
+        ls_task_id=_id_or_none(task.get("id")),
         updated_at=_updated_at(annotation.get("updated_at")),
     )
 

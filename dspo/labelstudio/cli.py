@@ -35,10 +35,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     made = "created" if result.created_project else "updated"
+    hook = f"webhook {result.webhook_id}" if result.webhook_id else "no webhook (run `dspo labelstudio sync`)"
     print(
         f"Label Studio project {result.ls_project_id} {made}: {result.tasks_created} tasks imported, "
-        f"{result.tasks_refreshed} with renewed image URLs, {result.tasks_total} in all; "
-        + (f"webhook {result.webhook_id}" if result.webhook_id else "no webhook (run `dspo labelstudio sync`)")
+        f"{result.tasks_refreshed} with renewed image URLs, {result.tasks_total} in all; {hook}"
     )
     return 0
 
@@ -70,7 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     push.add_argument("--url", required=True, help="Label Studio's address, e.g. http://127.0.0.1:8080")
     push.add_argument("--token", help=f"Label Studio API token (default: ${TOKEN_ENV})")
     push.add_argument(
-        "--public-url", help="where Label Studio and its browsers reach this server (default: DSPO_PUBLIC_URL)"
+        "--public-url", help="where Label Studio and browsers reach this server (default: DSPO_PUBLIC_URL)"
     )
     push.add_argument("--no-webhook", action="store_true", help="register no webhook; answers come by sync")
     push.set_defaults(func=cmd_push)

@@ -109,6 +109,8 @@ def read_answer(result: list[dict], order: list[int], *, was_cancelled: bool = F
         else:
             raise AnswerRejected(f"unknown control {name!r} ({region.get('type')}) in the answer")
     content, defect = ("\n".join(texts.get(name, [])).strip() for name in (CONTENT, DEFECT))
+    if "\x00" in content + defect:
+        raise AnswerRejected("a text holds a NUL character, which cannot be stored")
     best = _candidate(_single(choices, BEST), order, "the best candidate")
     worst = _candidate(_single(choices, WORST), order, "the worst candidate")
     verdict = _single(choices, VERDICT)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from tests.conftest import cannot_run
+
 if TYPE_CHECKING:
     from dspo.settings import Settings
 
@@ -107,6 +109,10 @@ class LabelStudioServer:
 
 @pytest.fixture(scope="session")
 def labelstudio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    try:
+        import label_studio_sdk  # noqa: F401  (the bridge's client, from the `labelstudio` extra)
+    except ImportError:
+        cannot_run("label-studio-sdk is not installed: pip install -e '.[labelstudio]'")
     python = _install()
     data = tmp_path_factory.mktemp("labelstudio")
     port, token = _free_port(), secrets.token_hex(20)
