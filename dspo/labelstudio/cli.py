@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from dspo.errors import DspoError
 from dspo.labelstudio import bridge
@@ -61,6 +62,27 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from dspo.labelstudio.importer import import_export
+
+    runtime = Runtime.from_settings()
+    try:
+        result = import_export(runtime, Path(args.export), Path(args.mapping))
+    except DspoError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.close()
+    for reason in result.rejected:
+        print(f"rejected: {reason}", file=sys.stderr)
+    print(
+        f"project {result.project_id}: {result.tasks} tasks ({result.sources_added} new), "
+        f"{result.votes_added} votes added, {result.votes_known} imported before, "
+        f"{len(result.rejected)} rejected"
+    )
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     group = commands.add_parser("labelstudio", help="the Label Studio bridge (docs/labelstudio.md)")
     sub = group.add_subparsers(dest="labelstudio_command", required=True)
@@ -80,3 +102,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     sync.add_argument("--url", help="Label Studio's address (default: the one it was pushed to)")
     sync.add_argument("--token", help=f"Label Studio API token (default: ${TOKEN_ENV})")
     sync.set_defaults(func=cmd_sync)
+
+    imp = sub.add_parser("import", help="make a project here from a Label Studio JSON export")
+    imp.add_argument("--export", required=True, help="the export: a JSON list of tasks")
+    imp.add_argument("--mapping", required=True, help="the mapping file (docs/labelstudio.md)")
+    imp.set_defaults(func=cmd_import)
