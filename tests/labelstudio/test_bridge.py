@@ -23,7 +23,8 @@ from dspo.models import Dataset, LabelStudioAnswer, Task, User, Vote, VoteRevisi
 from dspo.runtime import Runtime
 from tests.datasets.helpers import make_project, wait_jobs
 from tests.helpers import serving
-from tests.labelstudio.conftest import ANNOTATORS, LabelStudioServer
+from tests.labelstudio.conftest import ANNOTATORS
+from tests.labelstudio.server import LabelStudioServer
 
 pytestmark = pytest.mark.labelstudio
 
