@@ -186,7 +186,13 @@ def sync_rows(runtime: Runtime, ls, annotators: dict, answers: int, rng: np.rand
     ls_project = admin.projects.create(title="bench sync", label_config=labeling_config(N_CANDIDATES))
     user_ids = [annotators[e][0] for e in ANNOTATORS]
     with runtime.read_sessions() as session:
-        candidates = sorted(session.scalars(select(Candidate.id)))
+        candidates = sorted(
+            session.scalars(
+                select(Candidate.id)
+                .join(Source, Source.id == Candidate.source_id)
+                .where(Source.project_id == project_id)
+            )
+        )
     payload = []
     letters = "ABC"
     for i, task_id in enumerate(task_ids):
@@ -221,7 +227,7 @@ def sync_rows(runtime: Runtime, ls, annotators: dict, answers: int, rng: np.rand
     export_seconds = time.perf_counter() - started
     total = sum(len(t.get("annotations", [])) for t in exported)
     first = bridge.sync(runtime, project_id, ls.token)
-    assert first.applied.accepted == total, first
+    assert first.applied.accepted == total, (first, _reasons(runtime))
     second = bridge.sync(runtime, project_id, ls.token)
     assert second.unchanged == total, second
     return [
@@ -230,6 +236,13 @@ def sync_rows(runtime: Runtime, ls, annotators: dict, answers: int, rng: np.rand
         ("`sync`, first (every answer becomes a vote)", total, first.seconds),
         ("`sync` again (nothing changed)", total, second.seconds),
     ]
+
+
+def _reasons(runtime: Runtime) -> list[str]:
+    with runtime.read_sessions() as session:
+        return sorted(
+            set(session.scalars(select(LabelStudioAnswer.reason).where(LabelStudioAnswer.reason != "")))
+        )
 
 
 @contextmanager

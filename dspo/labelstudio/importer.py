@@ -301,7 +301,11 @@ def import_export(runtime: Runtime, export_path: Path, mapping_path: Path) -> Im
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
         raise InvalidInput(f"{export_path} is not a Label Studio JSON export (a list of tasks)")
     base = mapping_path.parent
-    result = ImportResult(_project(runtime, mapping, _scale(runtime, mapping, tasks, base)))
+    try:
+        scale = _scale(runtime, mapping, tasks, base)
+    except AnswerRejected as exc:
+        raise InvalidInput(f"the first task's images cannot be read: {exc}") from None
+    result = ImportResult(_project(runtime, mapping, scale))
     for ls_task in tasks:
         data = ls_task.get("data") if isinstance(ls_task.get("data"), dict) else {}
         try:
