@@ -30,6 +30,7 @@ from dspo.services.users import check_username
 
 # Label Studio keeps annotations editable for ever, so an update replaces the vote however old it is.
 NO_GRACE_LIMIT = timedelta(days=365 * 1000)
+SYNC_BATCH = 200  # annotations applied per transaction by `sync`
 # Users created on first sight cannot log in here until an admin gives them a password: this is not
 # an argon2 hash, so every password fails against it.
 NO_PASSWORD = "!created by the Label Studio bridge: set a password to log in here"
@@ -172,6 +173,35 @@ def apply_annotation(session: Session, project_id: int, event: AnnotationEvent) 
 def apply_deletion(session: Session, project_id: int, annotation_id: int) -> LabelStudioAnswer:
     """An annotation deleted in Label Studio: withdraw its vote and keep the row as a tombstone."""
     return _retrying(session, lambda: _apply_deletion(session, project_id, annotation_id))
+
+
+def apply_in_batches(
+    session: Session, project_id: int, changes: list[AnnotationEvent | int], batch: int = SYNC_BATCH
+) -> list[str]:
+    """Apply many annotations (events) and deletions (annotation ids), one commit per batch, and
+    return what became of each (accepted | rejected | deleted): `sync` applies thousands, and a commit
+    per answer would be most of its time. A batch that runs into a concurrent delivery of one of its
+    annotations (a unique constraint) is rolled back and applied one by one instead."""
+    states: list[str] = []
+    for start in range(0, len(changes), batch):
+        chunk = changes[start : start + batch]
+        try:
+            chunk_states = [_apply_change(session, project_id, change).state for change in chunk]
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            chunk_states = [
+                _retrying(session, lambda change=change: _apply_change(session, project_id, change)).state
+                for change in chunk
+            ]
+        states += chunk_states
+    return states
+
+
+def _apply_change(session: Session, project_id: int, change: AnnotationEvent | int) -> LabelStudioAnswer:
+    if isinstance(change, int):
+        return _apply_deletion(session, project_id, change)
+    return _apply_annotation(session, project_id, change)
 
 
 def _retrying(session: Session, apply: Callable[[], LabelStudioAnswer]) -> LabelStudioAnswer:

@@ -21,7 +21,14 @@ from dspo.assign import shown_order
 from dspo.db import utcnow
 from dspo.errors import DspoError, InvalidInput, NotFound
 from dspo.labelstudio import signing
-from dspo.labelstudio.answers import AnnotationEvent, apply_annotation, apply_deletion, is_id
+from dspo.labelstudio.answers import (
+    AnnotationEvent,
+    apply_annotation,
+    apply_deletion,
+    apply_in_batches,
+    is_id,
+    result_digest,
+)
 from dspo.labelstudio.config import (
     CANDIDATES_KEY,
     TASK_ID_KEY,
@@ -412,25 +419,24 @@ def sync(runtime: Runtime, project_id: int, token: str, *, url: str | None = Non
         user_emails = _user_emails(ls)
         tasks = _export(ls, ls_project_id)
 
-    from dspo.labelstudio.answers import result_digest
-
-    applied, unchanged, seen = Applied(), 0, set()
+    unchanged, seen, changes = 0, set(), []
+    for task in tasks:
+        for annotation in task.get("annotations") or []:
+            event = annotation_event(annotation, task, user_emails)
+            seen.add(event.annotation_id)
+            before = known.get(event.annotation_id)
+            if before is not None and (
+                before[2] == "deleted"
+                or (before[0] == result_digest(event.result, event.was_cancelled) and before[1] is not None)
+            ):
+                unchanged += 1
+            else:
+                changes.append(event)
+    changes += [aid for aid, (_, _, state) in known.items() if state != "deleted" and aid not in seen]
+    applied = Applied()
     with runtime.sessions() as session:
-        for task in tasks:
-            for annotation in task.get("annotations") or []:
-                event = annotation_event(annotation, task, user_emails)
-                seen.add(event.annotation_id)
-                digest = result_digest(event.result, event.was_cancelled)
-                before = known.get(event.annotation_id)
-                if before is not None and (
-                    before[2] == "deleted" or (before[0] == digest and before[1] is not None)
-                ):
-                    unchanged += 1
-                    continue
-                applied.count(apply_annotation(session, project_id, event))
-        for annotation_id, (_digest, _user, state) in known.items():
-            if state != "deleted" and annotation_id not in seen:
-                applied.count(apply_deletion(session, project_id, annotation_id))
+        for state in apply_in_batches(session, project_id, changes):
+            setattr(applied, state, getattr(applied, state) + 1)
         link = get_link(session, project_id)
         link.user_emails, link.last_sync_at = user_emails, utcnow()
         session.commit()
