@@ -443,3 +443,49 @@ class RetrainSettings(ORMModel):
         description='{"model": folder, "backbone": "upscaler"|"onestep", "args": {flag: value}, '
         '"dataset": {build settings}}',
     )
+
+
+# --- Label Studio bridge ------------------------------------------------------------------------------
+
+
+class LabelStudioWebhookIn(BaseModel):
+    """What Label Studio posts for an annotation event (its other fields are read as they come)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    action: Annotated[Text, Field(max_length=64)]
+
+
+class LabelStudioAppliedOut(BaseModel):
+    accepted: int
+    rejected: int
+    deleted: int
+    ignored: int
+
+
+class LabelStudioAnswerOut(ORMModel):
+    annotation_id: int
+    ls_task_id: int | None
+    task_id: int | None
+    ls_user_id: int | None
+    email: str
+    user_id: int | None
+    vote_id: int | None
+    state: Literal["accepted", "rejected", "deleted"]
+    reason: str
+    revision: int
+    changed_at: datetime
+
+
+class LabelStudioStatusOut(ORMModel):
+    project_id: int
+    url: str
+    ls_project_id: int
+    webhook_id: int | None
+    tasks_pushed: int
+    last_push_at: datetime | None
+    last_sync_at: datetime | None
+    accepted: int
+    rejected: int
+    deleted: int
+    rejected_answers: list[LabelStudioAnswerOut]

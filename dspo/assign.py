@@ -75,6 +75,9 @@ class VoteInput:
     content_text: str = ""
     defect_text: str = ""
     lead_time_ms: int | None = None
+    # The order the annotator saw, when another tool showed the task (the Label Studio bridge); None:
+    # the shuffled order of `shown_order`, which our own page shows.
+    shown_order: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -372,8 +375,12 @@ def _lock_task_for_vote(session: Session, task_id: int) -> Row[Any]:
     return row
 
 
-def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput, now: datetime) -> Row[Any]:
-    """Record an answer (or a skip) and return the new vote row.
+def submit_vote(
+    session: Session, *, task_id: int, user_id: int, data: VoteInput, now: datetime, allow_full: bool = False
+) -> Row[Any]:
+    """Record an answer (or a skip) and return the new vote row. `allow_full` takes an answer without a
+    lease even when the task has no free slot: for answers given in another tool (the Label Studio
+    bridge), which were given already and must not be lost.
 
     Replays are found after the fact: a submission id used before, or a second answer to the same
     task, fails here on the unique constraints of votes (or on the slot check, if the task filled up
@@ -390,7 +397,7 @@ def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput
     if data.outcome == "skip":
         slots -= 1 if had_lease else 0
     elif not had_lease:
-        if slots >= task.required_votes:
+        if slots >= task.required_votes and not allow_full:
             raise Conflict(
                 f"task {task_id} has no free slot: your lease expired and others filled it; "
                 "ask for the next task"
@@ -408,7 +415,7 @@ def submit_vote(session: Session, *, task_id: int, user_id: int, data: VoteInput
             "worst_candidate_id": data.worst_candidate_id,
             "content_text": data.content_text,
             "defect_text": data.defect_text,
-            "shown_order": shown_order(task_id, user_id, ids),
+            "shown_order": data.shown_order or shown_order(task_id, user_id, ids),
             "lead_time_ms": data.lead_time_ms,
             "client_submission_id": data.client_submission_id,
             "created_at": now,
@@ -433,12 +440,14 @@ def replace_vote(
     data: VoteInput,
     now: datetime,
     grace: timedelta = REPLACE_GRACE,
+    allow_full: bool = False,
 ) -> tuple[Vote | Row[Any], bool]:
     """Undo: replace the answer recorded under `replaces_submission_id` by a new one (any outcome, a
     skip included). The vote row keeps its id and takes the new answer; the old one goes to
     vote_revisions. Slots follow the outcome: a counted answer that becomes a skip frees its slot, and
     a skip that becomes an answer needs a free one. Idempotent by the new client_submission_id. If
-    nothing was recorded under the old id (it failed), the new answer is recorded as a plain vote."""
+    nothing was recorded under the old id (it failed), the new answer is recorded as a plain vote.
+    `allow_full` as in `submit_vote`."""
     replay = find_replay(session, task_id=task_id, user_id=user_id, data=data)
     if replay is not None:
         return replay, False
@@ -446,7 +455,10 @@ def replace_vote(
     if session.scalars(stmt).first() is None:
         # Unless the annotator answered the task otherwise since (a stale undo): then it is a Conflict.
         earlier_answer(session, task_id=task_id, user_id=user_id, data=data)
-        return submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=now), True
+        vote = submit_vote(
+            session, task_id=task_id, user_id=user_id, data=data, now=now, allow_full=allow_full
+        )
+        return vote, True
     task = _lock_task_for_vote(session, task_id)
     # Read again under the task lock: a concurrent replacement of the same vote has finished by now.
     old = session.scalars(stmt.execution_options(populate_existing=True)).first()
@@ -461,7 +473,7 @@ def replace_vote(
     was_counted = old.outcome in COUNTED_OUTCOMES
     counted = data.outcome in COUNTED_OUTCOMES
     if counted and not was_counted:
-        if slots >= task.required_votes:
+        if slots >= task.required_votes and not allow_full:
             raise Conflict(f"task {task_id} was filled by others after you skipped it; your skip stays")
         slots, count = slots + 1, count + 1
     elif was_counted and not counted:
@@ -485,6 +497,8 @@ def replace_vote(
     for name in ("outcome", "best_candidate_id", "worst_candidate_id", "content_text", "defect_text"):
         setattr(old, name, getattr(data, name))
     old.lead_time_ms = data.lead_time_ms
+    if data.shown_order:
+        old.shown_order = data.shown_order
     old.client_submission_id = data.client_submission_id
     old.created_at = now
     session.flush()

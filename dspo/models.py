@@ -351,3 +351,53 @@ class LoginFailure(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the name | the address
     failures: Mapped[int] = mapped_column(Integer)
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# --- Label Studio bridge (issue 16) ------------------------------------------------------------------
+
+
+class LabelStudioLink(Base):
+    """The Label Studio project that one project here is pushed to, and what the bridge did last."""
+
+    __tablename__ = "labelstudio_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), unique=True)
+    url: Mapped[str] = mapped_column(String(1000))
+    ls_project_id: Mapped[int] = mapped_column(Integer)
+    webhook_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Label Studio user id -> e-mail, as of the last push or sync: webhook payloads name the annotator
+    # by id only, and the server does not call Label Studio back while it waits for the answer.
+    user_emails: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    tasks_pushed: Mapped[int] = mapped_column(Integer, default=0)
+    last_push_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LabelStudioAnswer(Base):
+    """One Label Studio annotation as the bridge last saw it: the vote it became (accepted), why it
+    could not become one (rejected, with the reason), or that it was deleted in Label Studio. The
+    annotation id makes every delivery (webhook, sync, a retry of either) idempotent; a deleted row
+    stays as a tombstone, so that a late delivery of the same annotation cannot bring it back."""
+
+    __tablename__ = "labelstudio_answers"
+    __table_args__ = (UniqueConstraint("project_id", "annotation_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    annotation_id: Mapped[int] = mapped_column(BigInteger)
+    ls_task_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"), nullable=True)
+    ls_user_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    email: Mapped[str] = mapped_column(String(254), default="")
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    vote_id: Mapped[int | None] = mapped_column(ForeignKey("votes.id", ondelete="SET NULL"), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))  # accepted | rejected | deleted
+    reason: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    result_sha256: Mapped[str] = mapped_column(String(64), default="")
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    ls_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -84,6 +84,15 @@ class Settings(BaseSettings):
     # with the image (measured in docs/benchmarks.md); 0: untiled (the package's default, whole image).
     realesrgan_tile_size: int = Field(default=64, ge=0, le=4096)
 
+    # The Label Studio bridge (docs/labelstudio.md). public_url: where browsers and Label Studio reach
+    # this server (image URLs and the webhook are made from it). The webhook is refused while its
+    # secret is empty; Label Studio sends it in the X-DSPO-Webhook-Secret header.
+    public_url: str = "http://127.0.0.1:8000"
+    labelstudio_webhook_secret: str = ""
+    labelstudio_image_url_hours: int = Field(
+        default=24 * 30, ge=1, le=24 * 3650, description="how long the image URLs of a push stay valid"
+    )
+
     @property
     def jobs_in_process(self) -> bool:
         return not self.broker_url

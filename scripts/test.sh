@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-packages.sh
-bash scripts/setup.sh "train,realesrgan,test"
+bash scripts/setup.sh "train,realesrgan,labelstudio,test"
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -36,6 +36,7 @@ from annotation_server.schemas import (
 )
 from dspo.db import utcnow
 from dspo.errors import Forbidden, InvalidInput, TooManyRequests, Unauthorized
+from dspo.labelstudio import bridge as labelstudio_bridge
 from dspo.services import jobs, projects, stats, tokens, users
 from dspo.services.tokens import Principal
 
@@ -209,6 +210,7 @@ def admin_project(
         "stats": stats.project_stats(session, project_id),
         "progress": stats.projects_progress(session, project_id).get(project_id),
         "recent": stats.recent_descriptions(session, project_id),
+        "labelstudio": labelstudio_bridge.status(session, project_id),
     }
     return render(request, "admin_project.html", context)
 
