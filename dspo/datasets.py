@@ -377,8 +377,13 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
         published["empty_splits"] = empty_splits
         published["warnings"] = [
             f"the {split} split is empty (val_fraction {settings.val_fraction} put none of the {sources} "
-            f"sources there): its export files are empty, and a training run on this dataset "
-            + ("reports no held-out metrics" if split == "val" else "has nothing to train on")
+            f"sources there): its export files have no rows (`datasets` reports an empty split as "
+            f'"corresponds to no data": train the diffusers example with --dataset_split_name train), and a '
+            + (
+                "training run reports no held-out metrics"
+                if split == "val"
+                else "run has nothing to train on"
+            )
             for split in empty_splits
         ]
         return published

@@ -203,8 +203,9 @@ def _write_parquet(
     kind: str | None = None,
 ) -> list[Path]:
     """One parquet file per split, named as datasets.load_dataset expects, written even when the split has
-    no rows (a reader asking for "validation" gets an empty split, not an error). `kind` keeps the image or
-    the instance records only."""
+    no rows (a reader asking for "validation" gets an empty split, not an error): then the file has the
+    schema and no row group, since datasets' reader takes its batch size from the first row group and
+    fails on an empty one. `kind` keeps the image or the instance records only."""
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -217,8 +218,6 @@ def _write_parquet(
         with pq.ParquetWriter(path, schema) as writer:
             for batch in _batches(chosen, BATCH):
                 writer.write_table(pa.Table.from_pylist([row(r, read) for r in batch], schema=schema))
-            if not chosen:
-                writer.write_table(schema.empty_table())
         written.append(path)
     return written
 

@@ -259,7 +259,8 @@ def test_an_empty_val_split_is_written_and_said(
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(tmp_path / "native", filter="data")
     assert verify_dataset(tmp_path / "native" / f"dataset-{dataset['id']}")["empty_splits"] == ["val"]
-    # The diffusers example's default split is "validation": it reads as an empty split, not an error.
+    # Both split files exist: the train split reads, and the empty validation split is reported as empty
+    # (datasets cannot hold a split of no rows), not as an unknown split.
     from datasets import load_dataset
 
     folder = tmp_path / "pickapic"
@@ -269,5 +270,6 @@ def test_an_empty_val_split_is_written_and_said(
             download(client, admin, dataset["id"], f"pickapic/{split}.parquet")
         )
     cache = str(tmp_path / "hf-cache")
-    assert load_dataset(str(folder), split="validation", cache_dir=cache).num_rows == 0
     assert load_dataset(str(folder), split="train", cache_dir=cache).num_rows == dataset["counts"]["records"]
+    with pytest.raises(ValueError, match='"validation" corresponds to no data'):
+        load_dataset(str(folder), split="validation", cache_dir=cache)
