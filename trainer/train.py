@@ -218,12 +218,13 @@ def optimizer_step(
     return stepped
 
 
-def expected_cost(cfg: TrainConfig, device: torch.device, first_step_s: float, done: int) -> str:
-    """What the run will cost, from the first (FLOP-counting) step's time: said before it is spent."""
-    left = (cfg.max_steps - done) * first_step_s
+def expected_cost(cfg: TrainConfig, device: torch.device, first_pass_s: float, done: int) -> str:
+    """What the run will cost, from the first (FLOP-counting) micro-batch's time: said before it is spent."""
+    step_s = first_pass_s * cfg.gradient_accumulation_steps
+    left = (cfg.max_steps - done) * step_s
     line = (
-        f"device {device}: the first step took {first_step_s:.1f} s (an overestimate: it includes warm-up "
-        f"and FLOP counting); {cfg.max_steps - done} steps will take about {left / 3600:.2g} h"
+        f"device {device}: the first step took {step_s:.1f} s (an overestimate: it includes warm-up and "
+        f"FLOP counting); {cfg.max_steps - done} steps will take about {left / 3600:.2g} h"
     )
     if device.type == "cpu":
         line += ". On a CPU see the CPU recipe in docs/trainer.md (small crops and batches, few steps)"
