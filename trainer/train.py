@@ -218,13 +218,12 @@ def optimizer_step(
     return stepped
 
 
-def expected_cost(cfg: TrainConfig, device: torch.device, first_pass_s: float, done: int) -> str:
-    """What the run will cost, from the first (FLOP-counting) micro-batch's time: said before it is spent."""
-    step_s = first_pass_s * cfg.gradient_accumulation_steps
-    left = (cfg.max_steps - done) * step_s
+def expected_cost(cfg: TrainConfig, device: torch.device, first_step_s: float, done: int) -> str:
+    """What the run will cost, from its first step's time: said when one step of many is spent."""
+    left = (cfg.max_steps - done) * first_step_s
     line = (
-        f"device {device}: the first step took {step_s:.1f} s (an overestimate: it includes warm-up and "
-        f"FLOP counting); {cfg.max_steps - done} steps will take about {left / 3600:.2g} h"
+        f"device {device}: the first step took {first_step_s:.2g} s (warm-up included); the "
+        f"{cfg.max_steps - done} steps left will take about {left / 3600:.2g} h"
     )
     if device.type == "cpu":
         line += ". On a CPU see the CPU recipe in docs/trainer.md (small crops and batches, few steps)"
@@ -454,12 +453,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     # FLOPs per step, counted once on a throw-away pass over the first batch: counting changes how some ops
     # dispatch, so no step that trains is ever run under the counter (resumed runs stay bit-exact).
     first = next(batches).to(device, dtype)
-    started = time.perf_counter()
     with FlopCounterMode(display=False) as counter:
         forward_backward(first, step_generator(device, cfg.seed, 2, accelerator.process_index), sync=True)
     optimizer.zero_grad(set_to_none=True)
-    if main:
-        print(expected_cost(cfg, device, time.perf_counter() - started, step), flush=True)
     flops_per_step = (
         float(counter.get_total_flops()) * cfg.gradient_accumulation_steps * accelerator.num_processes
     )
@@ -475,6 +471,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     last: dict[str, float] = {}
 
     while step < cfg.max_steps:
+        step_started = time.perf_counter()
         step_metrics, bad = [], False
         for micro in range(cfg.gradient_accumulation_steps):
             batch: Batch = next(batches).to(device, dtype)
@@ -491,6 +488,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         progress.update(1)
         if warming_up:
             warming_up = False
+            if main:
+                print(expected_cost(cfg, device, time.perf_counter() - step_started, step), flush=True)
             window_start, window_steps, window_metrics = time.perf_counter(), 0, []
         else:
             window_steps += 1

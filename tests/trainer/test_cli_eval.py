@@ -60,7 +60,8 @@ def test_make_tiny_model_train_and_eval(dataset: Path, tmp_path: Path, capsys, m
     assert Path(settings["dataset"]) == out / "dataset" / "dataset-7"
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{\n") :])["skipped_steps"] == 0
-    assert "device cpu: the first step took" in printed and "CPU recipe" in printed
+    assert "device cpu: the first step took" in printed and "the 1 steps left will take" in printed
+    assert "CPU recipe" in printed
     check_model_card(out, model, tmp_path / "use", monkeypatch)
 
     # HQ for PSNR/SSIM: a folder named like the source ids of the val split.
