@@ -78,6 +78,7 @@ SEEDS = (0, 1, 2)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # six short trainings: about 2 min on 2 quiet cores, far more on loaded ones
 def test_dspo_learns_conflicting_regions_that_image_level_dpo_cannot(tiny_models, tmp_path: Path) -> None:
     """Candidate A is better on the left and worse on the right: the instance records say so, the
     image-level votes split. DSPO learns both regions; image-level DPO on the image-level votes cannot."""
