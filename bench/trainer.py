@@ -37,7 +37,7 @@ from trainer.backbones import load_backbone  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import PreferenceDataset, collate  # noqa: E402
 from trainer.tiny import make_tiny_model, write_tiny_tokenizer  # noqa: E402
-from trainer.train import PEAK_BF16_TFLOPS, add_lora, train  # noqa: E402
+from trainer.train import PEAK_BF16_TFLOPS, Reference, add_lora, train  # noqa: E402
 
 
 def _png(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -162,21 +162,25 @@ def time_trainer(
 
 
 def time_reference_forward(base: TrainConfig, images: int, steps: int) -> list[float]:
-    """Seconds of no-grad UNet forwards of `images` images (the reference pass a DSPO step adds)."""
+    """Seconds of no-grad UNet forwards of `images` images: the reference pass a DSPO step adds, run as the
+    trainer runs it (`trainer.train.Reference`: the LoRA network with its adapters disabled)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if base.mixed_precision == "bf16" else torch.float32
     backbone = load_backbone(base.backbone, base.model, dtype=dtype).to(device)
-    add_lora(backbone, base)
+    reference = Reference(backbone, add_lora(backbone, base), lora=True, dtype=dtype)
     data = PreferenceDataset(base.dataset, "train", (base.resolution,))
     keys = [(i, 0, 0) for i in range(images // 2)]
     batch = collate([data[k] for k in keys], keys).to(device, dtype)
-    nets = backbone.modules()
     times = []
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        inputs = backbone.prepare(batch, nets, torch.Generator(device).manual_seed(0), losers=True)
+        with reference.active():
+            inputs = backbone.prepare(
+                batch, reference.nets, torch.Generator(device).manual_seed(0), losers=True
+            )
         for i in range(steps + 1):
             start = time.perf_counter()
-            backbone.predict(nets, inputs)
+            with reference.active():  # toggling the adapters is part of the pass's cost
+                backbone.predict(reference.nets, inputs)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i:  # the first call allocates and warms up
@@ -214,7 +218,7 @@ def time_baseline(base: TrainConfig, pairs: int, steps: int) -> dict:
     unet, optimizer = accelerator.prepare(unet, optimizer)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
-    data = PreferenceDataset(base.dataset, "train", (base.resolution,), image_level=True)
+    data = PreferenceDataset(base.dataset, "train", (base.resolution,), loss="dpo")
     keys = [(i, 0, 0) for i in range(pairs)]
     batch = collate([data[k] for k in keys], keys).to(device, dtype)
     ids = pipe.tokenizer(

@@ -13,6 +13,8 @@ import io
 import json
 import math
 import os
+import shutil
+import tarfile
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -277,3 +279,29 @@ def verify_dataset(root: str | Path) -> dict[str, Any]:
                 sizes[sha], modes[sha] = image.size, image.mode
         _check_record(record, sizes, modes)
     return manifest
+
+
+def locate_dataset(path: str | Path, unpack_to: str | Path) -> Path:
+    """The dataset folder that `path` names: the folder itself, the folder a downloaded `dataset.tar` was
+    unpacked into (the tar holds one `dataset-N/` folder), or the tar itself, unpacked into `unpack_to`.
+
+    Raises DatasetError when none of these holds a manifest.
+    """
+    path = Path(path)
+    if path.is_file() and tarfile.is_tarfile(path):
+        target = Path(unpack_to)
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        with tarfile.open(path) as tar:
+            tar.extractall(target, filter="data")  # no absolute paths, links out or device files
+        path = target
+    if (path / MANIFEST).is_file():
+        return path
+    inner = [p for p in sorted(path.iterdir()) if (p / MANIFEST).is_file()] if path.is_dir() else []
+    if len(inner) == 1:
+        return inner[0]
+    raise DatasetError(
+        f"{path}: no {MANIFEST} here or in one folder below it; pass the dataset folder, the folder the "
+        "downloaded dataset.tar was unpacked into, or the tar itself"
+    )

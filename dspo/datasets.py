@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from dspo import jobs
 from dspo.aggregate import AggregationSettings, Pair, aggregate, newest_vote_id
 from dspo.blobs import BlobNotFound, BlobStore
-from dspo.dataset_format import DatasetWriter, Record, sha256_file, verify_dataset
+from dspo.dataset_format import SPLITS, DatasetWriter, Record, sha256_file, verify_dataset
 from dspo.db import session_scope, utcnow
 from dspo.exports import EXPORTERS, export_webdataset, tar_folder
 from dspo.images import mask_to_png
@@ -345,6 +345,10 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
             if done % step == 0:
                 progress(0.05 + 0.6 * done / total, f"writing records {done}/{total}")
 
+        # A split without records is said in the manifest and in the job's result: the exports still write
+        # its (empty) files, and a trainer run on it has no held-out metrics.
+        used = {split_of(pair.source_id, settings.seed, settings.val_fraction) for pair in result.pairs}
+        empty_splits = [split for split in SPLITS if split not in used]
         native = staging / NATIVE
         writer = write_native(runtime.blobs, result.pairs, settings, project.scale, native, on_record)
         with runtime.sessions() as session:
@@ -365,6 +369,7 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
                 "aggregation": settings.to_dict(),
                 "drops": dict(sorted(result.drops.items())),
                 "tasks_with_answers": result.tasks,
+                "empty_splits": empty_splits,
             }
         )
         progress(0.7, "verifying")
@@ -382,7 +387,21 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
             if path.is_file() and not path.relative_to(staging).as_posix().startswith(f"{NATIVE}/")
         }
         counts = {**manifest["counts"], "votes": votes_count, "tasks_with_answers": result.tasks}
-        return _publish(runtime, dataset, staging, files, counts, manifest["digest"])
+        published = _publish(runtime, dataset, staging, files, counts, manifest["digest"])
+        sources = len({pair.source_id for pair in result.pairs})
+        published["empty_splits"] = empty_splits
+        published["warnings"] = [
+            f"the {split} split is empty (val_fraction {settings.val_fraction} put none of the {sources} "
+            f"sources there): its export files have no rows (`datasets` reports an empty split as "
+            f'"corresponds to no data": train the diffusers example with --dataset_split_name train), and a '
+            + (
+                "training run reports no held-out metrics"
+                if split == "val"
+                else "run has nothing to train on"
+            )
+            for split in empty_splits
+        ]
+        return published
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

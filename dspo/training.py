@@ -4,7 +4,9 @@ register the LoRA it writes as a model version of the project.
 The trainer runs as a subprocess (`python -m dspo.cli train ...`): its log goes to a file that the API
 serves while it runs, and a crash of the trainer cannot take the worker down with it. The project's
 `train_settings` say what to train: {"model": local diffusers folder, "backbone": "upscaler" |
-"onestep", "args": {trainer flag: value}, "dataset": {dataset build settings}}.
+"onestep", "args": {trainer flag: value}, "dataset": {dataset build settings}}. The loss is DSPO unless
+the args say otherwise, and DSPO trains on the dataset's instance records only (the image-level records are
+the image-level DPO baseline's); the job's result repeats which records the trainer read.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def train(
         tail = (out / LOG_FILE).read_text()[-2000:]
         raise RuntimeError(f"dspo train exited with status {returncode}; the end of its log:\n{tail}")
     metrics = json.loads((out / "metrics.json").read_text())
+    records = json.loads((out / "training_config.json").read_text())["records"]
     lora = out / LORA_FILE
     if not lora.is_file():
         raise RuntimeError(f"dspo train finished without writing {lora}")
@@ -92,4 +95,4 @@ def train(
             session.add(version)
             session.flush()
         version_id = version.id
-    return {"model_version_id": version_id, "output_dir": str(out), "metrics": metrics}
+    return {"model_version_id": version_id, "output_dir": str(out), "metrics": metrics, "records": records}

@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import sys
 
 from trainer.config import CHOICES, TrainConfig
 
 
+def field_help() -> dict[str, str]:
+    """The comment after each TrainConfig field: its meaning is written once, there, and --help shows it."""
+    source = inspect.getsource(TrainConfig)
+    found = re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, re.MULTILINE)
+    return {name: text.replace("%", "%%") for name, text in found}
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, named like the field, with the field's default."""
+    """One flag per TrainConfig field, named like the field, with the field's default and comment."""
+    helps = field_help()
     for field in dataclasses.fields(TrainConfig):
         if field.name in ("dataset", "model", "output_dir"):
             continue
         flag = "--" + field.name.replace("_", "-")
-        default = field.default
+        default, text = field.default, helps.get(field.name, " ")
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif field.name == "buckets":
-            parser.add_argument(flag, type=int, nargs="*", default=list(default))
-        elif field.name in ("resume", "lora_alpha", "peak_tflops"):
-            kind = str if field.name == "resume" else float
-            parser.add_argument(flag, type=kind, default=default)
+            parser.add_argument(flag, type=int, nargs="*", default=list(default), help=text)
+        elif default is None:
+            kind = float if field.name in ("beta", "lora_alpha", "peak_tflops") else str
+            parser.add_argument(flag, type=kind, default=default, help=text)
         else:
-            parser.add_argument(flag, type=type(default), default=default, choices=CHOICES.get(field.name))
+            choices = CHOICES.get(field.name)
+            parser.add_argument(flag, type=type(default), default=default, choices=choices, help=text)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -78,8 +89,19 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train", help="fine-tune an SR backbone on a DSPO dataset")
-    train.add_argument("--dataset", required=True, help="dataset folder (native format, SPEC §2)")
+    train = subparsers.add_parser(
+        "train",
+        help="fine-tune an SR backbone on a DSPO dataset",
+        description="Every flag is a field of trainer.config.TrainConfig. The defaults are GPU settings: "
+        "on a CPU see the CPU recipe in docs/trainer.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument(
+        "--dataset",
+        required=True,
+        help="dataset folder (native format, SPEC §2), a downloaded dataset.tar, or the folder it was "
+        "unpacked into",
+    )
     train.add_argument("--model", required=True, help="local diffusers folder of the backbone")
     train.add_argument("--output-dir", required=True)
     _add_config_flags(train)

@@ -17,6 +17,15 @@ CHOICES = {
     "mixed_precision": MIXED_PRECISION,
 }
 
+# beta's convention (SPEC §3): logit = -beta * [(e_w - e_ref_w) - (e_l - e_ref_l)] on per-element-mean errors,
+# with no 1/2 factor. The public Diffusion-DPO code (Wallace et al.) writes -0.5 * beta_dpo * [...] on the
+# same errors, with beta_dpo = 5000 for SD 1.5: an effective 2500 in our
+# convention. The multi-step default follows the paper's code (2500). The one-step
+# surrogate (SPEC §4) compares G(y) with the latents directly: its errors are of order 1, not of the order
+# of a noise-prediction error gap, and no public code sets its beta; 10 gives logits of order 1 when the
+# tuned model moves a winner's error by a tenth of the loser's, and is a starting point to tune.
+DEFAULT_BETA = {"upscaler": 2500.0, "onestep": 10.0}
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -24,22 +33,23 @@ class TrainConfig:
     model: str
     output_dir: str
     backbone: str = "upscaler"  # upscaler | onestep
-    loss: str = "dspo"  # dspo (masked, weighted, per instance) | dpo (image level) | sft (winners only)
+    loss: str = "dspo"  # dspo (instance records) | dpo (image-level records) | sft (winners only)
+    image_level_weight: float = 0.0  # dspo: also train on image-level records with this weight (0 = not)
     loss_type: str = "sigmoid"  # sigmoid | hinge | ipo
-    beta: float = 5000.0  # on per-element mean errors; public Diffusion-DPO code uses 2500 to 5000
+    beta: float | None = None  # None = the backbone's default (upscaler 2500, onestep 10); see DEFAULT_BETA
     text_feedback: bool = True  # append content_text to the prompt (SPEC §5); False for the ablation
     resolution: int = 512  # training crop size in SR pixels
     buckets: tuple[int, ...] = ()  # more crop sizes; a record trains at the smallest size holding its box
-    flip: bool = True
+    flip: bool = True  # random horizontal flips (one decision for LQ, winner, loser and mask)
     batch_size: int = 4  # records (pairs) per device per micro-batch
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000  # optimizer steps
-    learning_rate: float = 1e-5
-    lr_warmup_steps: int = 0
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    learning_rate: float = 1e-5  # AdamW, constant after the warm-up
+    lr_warmup_steps: int = 0  # linear warm-up, in optimizer steps
+    weight_decay: float = 1e-2  # AdamW
+    adam_beta1: float = 0.9  # AdamW
+    adam_beta2: float = 0.999  # AdamW
+    adam_epsilon: float = 1e-8  # AdamW
     max_grad_norm: float = 1.0  # 0 disables clipping
     lora_rank: int = 16  # 0 = full fine-tuning against a frozen copy
     lora_alpha: float | None = None  # None = lora_rank
@@ -49,15 +59,18 @@ class TrainConfig:
     reg_weight: float = 1.0  # onestep only; 0 turns the regulariser off
     mixed_precision: str = "no"  # no | fp16 | bf16
     compile: bool = False  # torch.compile the trained networks (after the FLOP-counting first step)
-    seed: int = 0
+    seed: int = 0  # LoRA initialisation, data order, crops, noise and timesteps
     checkpoint_every: int = 0  # optimizer steps; 0 = only the final weights
     resume: str | None = None  # "latest" or a checkpoint folder
-    log_every: int = 10
+    log_every: int = 10  # optimizer steps between log lines
     val_every: int = 0  # 0 = validate only at the end
     val_repeats: int = 4  # noise draws per validation record
-    num_workers: int = 0
-    progress: bool = True
+    num_workers: int = 0  # data-loading processes
+    progress: bool = True  # a tqdm progress bar
     peak_tflops: float | None = None  # for MFU when the GPU is not in the built-in table
+    hub_base_model: str | None = None  # model card: the Hub id of --model (else read from an HF cache path)
+    hub_dataset: str | None = None  # model card: the dataset's Hub id (the manifest's dataset_id if None)
+    license: str = "other"  # model card: a Hub licence id for the weights (the base model's terms apply)
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -67,8 +80,17 @@ class TrainConfig:
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "resolution", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.backbone]
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.image_level_weight < 0:
+            raise ValueError(f"image_level_weight must be >= 0, got {self.image_level_weight}")
+        if self.image_level_weight and self.loss != "dspo":
+            raise ValueError(
+                "image_level_weight mixes image-level records into --loss dspo; dpo and sft "
+                "train on image-level records already"
+            )
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         if self.lora_vae_encoder and self.backbone != "onestep":

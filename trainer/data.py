@@ -9,6 +9,7 @@ them; large ones are downscaled. One horizontal flip decision covers all four im
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,11 +59,63 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
-class PreferenceDataset(torch.utils.data.Dataset):
-    """Records of one split; items are addressed by (index, epoch, batch) so that crops are reproducible.
+KINDS = ("instance", "image")
 
-    `image_level=True` gives the view of image-level DPO and SFT: the dataset's image-level records if it has
-    any, otherwise every record with a full mask, weight 1 and the prompt alone as text.
+
+def record_kind(record: Record) -> str:
+    return "image" if record.instance_id is None else "instance"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One training item: a record, how it is cut (its box and mask, or the whole image with a full mask),
+    its raw weight and its text."""
+
+    record: Record
+    kind: str  # instance | image: the record's kind, whatever the view
+    whole: bool
+    raw_weight: float
+    text: str
+
+
+def select_entries(
+    records: list[Record], loss: str, text_feedback: bool = True, image_level_weight: float = 0.0
+) -> tuple[list[Entry], str]:
+    """The records a loss trains on, and a sentence saying which (docs/trainer.md, "What a run trains on").
+
+    - dspo: the instance records, with their mask, weight w_m and "{prompt}, {content_text}"; with
+      `image_level_weight` > 0 also the image-level records, whole, with that raw weight (1 gives a source's
+      image-level record the weight of all its instances together, since these sum to 1 per source).
+    - dpo and sft: the image-level records (the paper's baseline: Diffusion-DPO on image-level votes), whole,
+      weight 1, the prompt alone. A dataset built without image-level tasks has none: then every record is
+      used as a whole-image pair, and the sentence says so.
+    """
+    instances = [r for r in records if r.instance_id is not None]
+    images = [r for r in records if r.instance_id is None]
+    if loss == "dspo":
+        entries = [Entry(r, "instance", False, r.weight, joined_text(r, text_feedback)) for r in instances]
+        view = f"{len(instances)} instance records"
+        if image_level_weight > 0:
+            entries += [
+                Entry(r, "image", True, image_level_weight, joined_text(r, text_feedback)) for r in images
+            ]
+            view += f" and {len(images)} image-level records (weight {image_level_weight:g} each)"
+        return entries, view
+    if images:
+        return [Entry(r, "image", True, 1.0, joined_text(r, False)) for r in images], (
+            f"{len(images)} image-level records"
+        )
+    return [Entry(r, record_kind(r), True, 1.0, joined_text(r, False)) for r in records], (
+        f"{len(records)} records as whole-image pairs (the dataset has no image-level records)"
+    )
+
+
+class PreferenceDataset(torch.utils.data.Dataset):
+    """The entries of one split; items are addressed by (index, epoch, batch) so that crops are reproducible.
+
+    Which records, and how each is cut, is `select_entries`'s business. Weights are normalised by the mean
+    raw weight of these entries (SPEC §3): a constant of the dataset, so a record counts the same whatever
+    batch, micro-batch or process it lands in.
     """
 
     def __init__(
@@ -70,8 +123,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
         root: str | Path,
         split: str,
         sizes: tuple[int, ...],
-        image_level: bool = False,
+        loss: str = "dspo",
         text_feedback: bool = True,
+        image_level_weight: float = 0.0,
         flip: bool = True,
         seed: int = 0,
         random_crops: bool = True,
@@ -80,19 +134,25 @@ class PreferenceDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.manifest = manifest if manifest is not None else verify_dataset(root)
         records = [r for r in read_records(root) if r.split == split]
-        if image_level and any(r.instance_id is None for r in records):
-            records = [r for r in records if r.instance_id is None]
-        self.records = records
+        self.entries, self.view = select_entries(records, loss, text_feedback, image_level_weight)
+        self.records = [e.record for e in self.entries]
+        self.weight_mean = float(np.mean([e.raw_weight for e in self.entries])) if self.entries else 1.0
         self.sizes = tuple(sorted(sizes))
-        self.image_level, self.text_feedback = image_level, text_feedback
         self.flip, self.seed, self.random_crops = flip, seed, random_crops
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.entries)
+
+    def counts(self) -> dict[str, int]:
+        """Entries per record kind."""
+        return {kind: sum(e.kind == kind for e in self.entries) for kind in KINDS}
 
     def bucket(self, index: int) -> int:
         """The training size of a record: the smallest size holding its box, else the largest."""
-        x0, y0, x1, y1 = self.records[index].box
+        entry = self.entries[index]
+        if entry.whole and entry.kind == "instance":
+            return self.sizes[-1]  # an instance record cut whole: its box does not say the image's size
+        x0, y0, x1, y1 = entry.record.box
         extent = max(x1 - x0, y1 - y0)
         return next((s for s in self.sizes if s >= extent), self.sizes[-1])
 
@@ -103,11 +163,12 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         index, epoch, _ = key
-        record = self.records[index]
+        entry = self.entries[index]
+        record = entry.record
         size = self.bucket(index)
         rng = np.random.default_rng([self.seed, epoch, index]) if self.random_crops else None
         winner, loser, lq = self._load(record.winner), self._load(record.loser), self._load(record.lq)
-        box = (0, 0, *winner.size) if self.image_level else record.box
+        box = (0, 0, *winner.size) if entry.whole else record.box
         x0, y0, side = crop_window(
             winner.size, box, max(size, box[2] - box[0], box[3] - box[1]), record.scale, rng
         )
@@ -122,7 +183,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         if side != size:
             lq = lq.resize((size // s, size // s), Image.BICUBIC)
         tensors = {"lq": to_tensor(lq), "winner": to_tensor(sr(winner)), "loser": to_tensor(sr(loser))}
-        if self.image_level:
+        if entry.whole:
             tensors["mask"] = torch.ones(1, size, size)
         else:
             # Area resampling keeps the mask's share of each pixel; it stays soft, as it will in latent space.
@@ -132,16 +193,17 @@ class PreferenceDataset(torch.utils.data.Dataset):
             tensors["mask"] = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None]
         if self.flip and rng is not None and rng.random() < 0.5:
             tensors = {k: v.flip(-1) for k, v in tensors.items()}
-        tensors["weight"] = 1.0 if self.image_level else record.weight
-        tensors["text"] = joined_text(record, self.text_feedback and not self.image_level)
+        tensors["weight"] = entry.raw_weight / self.weight_mean
+        tensors["text"] = entry.text
         return tensors
 
 
 class BatchOrder(torch.utils.data.Sampler):
     """Batches of one bucket each, in an order fixed by (seed, epoch), resumable at any batch.
 
-    Each global batch holds `batch_size * num_replicas` records; process `rank` takes its share. Items are
-    (index, epoch, batch) so the dataset can seed its crops and the collated batch can say where it was.
+    Each global batch holds `batch_size * num_replicas` records of one bucket; process `rank` takes its
+    share. Items are (index, epoch, batch) so the dataset can seed its crops and the collated batch can say
+    where it was.
     """
 
     def __init__(
@@ -159,18 +221,20 @@ class BatchOrder(torch.utils.data.Sampler):
         self.batch_size, self.seed = batch_size, seed
         self.num_replicas, self.rank = num_replicas, rank
         self.start = start
-        if not self.epoch_batches(0):
-            raise ValueError(
-                f"{len(dataset)} records make no full batch of {batch_size * num_replicas} in any size bucket"
-            )
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Every record of every bucket, in full batches: a bucket's last, short batch is filled up with the
+        first records of the same bucket's order again (as torch's DistributedSampler pads), so every
+        record trains every epoch and every batch has the same size, which keeps the loss's normalisation
+        exact (docs/trainer.md, "Buckets")."""
         rng = np.random.default_rng([self.seed, epoch])
         size = self.batch_size * self.num_replicas
         batches = []
         for bucket in sorted(self.buckets):
             order = rng.permutation(self.buckets[bucket]).tolist()
-            batches += [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
+            short = -len(order) % size
+            order += (order * (short // len(order) + 1))[:short]
+            batches += [order[i : i + size] for i in range(0, len(order), size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:

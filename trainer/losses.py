@@ -40,7 +40,11 @@ def preference_loss(
     beta: float,
     loss_type: str = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weighted DPO loss over records and its logits; sigmoid is DPO's, hinge and IPO are alternatives."""
+    """The weighted DPO loss over records and its logits; sigmoid is DPO's, hinge and IPO are alternatives.
+
+    `weight` is already w / w_bar, w_bar the mean weight over the training set (SPEC §3), so the loss is a
+    plain mean over records: the same for one batch, for accumulated micro-batches and across processes.
+    """
     logits = preference_logits(model_err, ref_err, beta)
     if loss_type == "sigmoid":
         per_record = -F.logsigmoid(logits)
@@ -51,16 +55,30 @@ def preference_loss(
         per_record = (logits / beta - 1 / (2 * beta)).square()
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose from {LOSS_TYPES}")
-    return (weight * per_record).sum() / weight.sum(), logits
+    return (weight * per_record).mean(), logits
 
 
-def regulariser(pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """The one-step surrogate's anchor (SPEC §4): MSE to the winner ("sft") or to the reference ("ref")."""
+def regulariser(
+    pred: torch.Tensor,
+    ref_pred: torch.Tensor | None,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    kind: str,
+) -> torch.Tensor:
+    """The one-step surrogate's anchor (SPEC §4): masked MSE to the winner ("sft") or to the reference
+    ("ref"), weighted like the preference term. Restricted to the mask because the record judged that region
+    only: outside it the winner was not preferred, and pulling the whole crop toward it would train
+    preferences nobody voted for."""
     if kind == "sft":
-        return (pred[0].double() - target[0].double()).square().mean()
-    if kind == "ref":
-        return (pred[0].double() - ref_pred[0].double()).square().mean()
-    raise ValueError(f"unknown regulariser {kind!r}; choose from {REGULARISERS}")
+        anchor = target[:1]
+    elif kind == "ref":
+        if ref_pred is None:
+            raise ValueError("the ref regulariser needs the reference model's predictions")
+        anchor = ref_pred[:1]
+    else:
+        raise ValueError(f"unknown regulariser {kind!r}; choose from {REGULARISERS}")
+    return (weight * masked_error(pred[:1], anchor, mask)[0]).mean()
 
 
 def training_loss(
@@ -100,7 +118,7 @@ def training_loss(
     else:
         raise ValueError(f"unknown loss {loss!r}; choose from dspo, dpo, sft")
     if reg_weight:
-        reg_value = regulariser(pred, ref_pred, target, reg)
+        reg_value = regulariser(pred, ref_pred, target, mask, weight, reg)
         value = value + reg_weight * reg_value
         metrics["regulariser"] = reg_value
     metrics["loss"] = value

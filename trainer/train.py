@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
+import os
 import resource
+import shutil
+import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +30,7 @@ from peft.utils import get_peft_model_state_dict
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from dspo.dataset_format import verify_dataset
+from dspo.dataset_format import locate_dataset, verify_dataset
 from trainer.backbones import Backbone, Batch, load_backbone
 from trainer.backbones.base import Nets
 from trainer.config import TrainConfig
@@ -127,13 +132,102 @@ def load_trainable_state(trainable: Nets, state: dict[str, dict[str, torch.Tenso
             params[key].data.copy_(value)
 
 
+CHECKPOINT_FILE, CHECKSUM_FILE = "state.pt", "state.pt.sha256"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(folder: Path, state: dict) -> None:
+    """Write the state and its sha256 into a temporary folder, then rename it into place: a crash leaves
+    either no `step-K` or a complete one, and resume checks the checksum all the same."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / CHECKPOINT_FILE)
+    (tmp / CHECKSUM_FILE).write_text(_sha256(tmp / CHECKPOINT_FILE) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.rename(tmp, folder)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when its state matches its checksum."""
+    state, checksum = folder / CHECKPOINT_FILE, folder / CHECKSUM_FILE
+    if not state.is_file() or not checksum.is_file():
+        return f"{folder} has no {CHECKPOINT_FILE} with its {CHECKSUM_FILE}"
+    if _sha256(state) != checksum.read_text().strip():
+        return f"{folder}/{CHECKPOINT_FILE} does not match its checksum (truncated or changed)"
+    return None
+
+
 def find_checkpoint(cfg: TrainConfig) -> Path:
+    """The checkpoint to resume: the given folder (which must be intact), or the newest intact one."""
     if cfg.resume != "latest":
-        return Path(cfg.resume)
-    found = sorted((Path(cfg.output_dir) / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint to resume in {cfg.output_dir}/checkpoints")
-    return found[-1]
+        folder = Path(cfg.resume)
+        problem = checkpoint_problem(folder)
+        if problem:
+            raise ValueError(f"cannot resume: {problem}")
+        return folder
+    found = sorted(
+        (p for p in (Path(cfg.output_dir) / "checkpoints").glob("step-*") if p.name[5:].isdigit()),
+        key=lambda p: int(p.name[5:]),
+    )
+    for folder in reversed(found):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        print(f"skipping checkpoint: {problem}", file=sys.stderr)
+    raise FileNotFoundError(f"no intact checkpoint to resume in {cfg.output_dir}/checkpoints")
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    params: list[torch.nn.Parameter],
+    max_grad_norm: float,
+    bad: bool,
+) -> bool:
+    """Clip, step and clear the gradients; False when the step was skipped.
+
+    A step is skipped when the loss was not finite on some process (`bad`: nothing was back-propagated for
+    that micro-batch, so the gradients are not the step's) or the gradient is not finite. With fp16 the
+    GradScaler decides the latter: `optimizer.step()` is always called after clipping (which unscaled the
+    gradients), so the scaler skips the update and lowers its scale as accelerate intends; skipping the call
+    instead would leave the scaler mid-step, and the next clip would fail ("unscale_() has already been
+    called on this optimizer since the last update()").
+    """
+    stepped = False
+    if not bad:
+        grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm or math.inf)
+        if accelerator.scaler is not None:
+            optimizer.step()
+            stepped = not accelerator.optimizer_step_was_skipped
+        elif torch.isfinite(torch.as_tensor(grad_norm)):
+            optimizer.step()
+            stepped = True
+        if stepped:
+            lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return stepped
+
+
+def expected_cost(cfg: TrainConfig, device: torch.device, first_step_s: float, done: int) -> str:
+    """What the run will cost, from its first step's time: said when one step of many is spent."""
+    left = (cfg.max_steps - done) * first_step_s
+    line = (
+        f"device {device}: the first step took {first_step_s:.2g} s (warm-up included); the "
+        f"{cfg.max_steps - done} steps left will take about {left / 3600:.2g} h"
+    )
+    if device.type == "cpu":
+        line += ". On a CPU see the CPU recipe in docs/trainer.md (small crops and batches, few steps)"
+    return line
 
 
 def validate(
@@ -141,36 +235,58 @@ def validate(
     backbone: Backbone,
     model_nets: Nets,
     reference: Reference,
-    dataset: PreferenceDataset,
+    val_sets: dict[str, PreferenceDataset],
     accelerator: Accelerator,
     dtype: torch.dtype,
 ) -> dict[str, float]:
-    """Held-out preference metrics under the instance masks, with fixed noise: comparable across runs."""
-    logits, losses = [], []
-    for b, batch in enumerate(fixed_batches(dataset, cfg.batch_size)):
-        batch = batch.to(accelerator.device, dtype)
-        for r in range(cfg.val_repeats):
-            generator = step_generator(accelerator.device, cfg.seed, 1, b, r)
-            with torch.no_grad(), accelerator.autocast():
-                with reference.active():
-                    inputs = backbone.prepare(batch, reference.nets, generator, losers=True)
-                    ref_pred = backbone.predict(reference.nets, inputs)
-                pred = backbone.predict(model_nets, inputs)
-                model_err = masked_error(pred, inputs.target, inputs.mask)
-                ref_err = masked_error(ref_pred, inputs.target, inputs.mask)
-                loss, batch_logits = preference_loss(
-                    model_err, ref_err, batch.weight, cfg.beta, cfg.loss_type
-                )
-            logits.append(batch_logits)
-            losses.append(loss)
-    if not logits:
-        return {}
-    all_logits = torch.cat(logits).float()
-    return {
-        "val_accuracy": (all_logits > 0).float().mean().item(),
-        "val_reward_margin": all_logits.mean().item(),
-        "val_loss": torch.stack(losses).mean().item(),
-    }
+    """Held-out preference metrics per record kind, with fixed noise: comparable across runs and losses.
+
+    `val_instance_*` are measured on the instance records under their masks (what DSPO optimises),
+    `val_image_*` on the image-level records as whole images (what image-level DPO optimises).
+    """
+    metrics = {}
+    for kind, dataset in val_sets.items():
+        logits, losses = [], []
+        for b, batch in enumerate(fixed_batches(dataset, cfg.batch_size)):
+            batch = batch.to(accelerator.device, dtype)
+            for r in range(cfg.val_repeats):
+                generator = step_generator(accelerator.device, cfg.seed, 1, b, r)
+                with torch.no_grad(), accelerator.autocast():
+                    with reference.active():
+                        inputs = backbone.prepare(batch, reference.nets, generator, losers=True)
+                        ref_pred = backbone.predict(reference.nets, inputs)
+                    pred = backbone.predict(model_nets, inputs)
+                    model_err = masked_error(pred, inputs.target, inputs.mask)
+                    ref_err = masked_error(ref_pred, inputs.target, inputs.mask)
+                    loss, batch_logits = preference_loss(
+                        model_err, ref_err, batch.weight, cfg.beta, cfg.loss_type
+                    )
+                logits.append(batch_logits)
+                losses.append(loss * len(batch_logits))
+        if not logits:
+            continue
+        all_logits = torch.cat(logits).float()
+        metrics[f"val_{kind}_accuracy"] = (all_logits > 0).float().mean().item()
+        metrics[f"val_{kind}_reward_margin"] = all_logits.mean().item()
+        metrics[f"val_{kind}_loss"] = (torch.stack(losses).sum() / len(all_logits)).item()
+    return metrics
+
+
+def validation_sets(cfg: TrainConfig, sizes: tuple[int, ...], manifest: dict) -> dict[str, PreferenceDataset]:
+    """The val split by record kind: the instance records with their masks, and the image-level records
+    whole (when the dataset has any), whatever the training loss."""
+    common = dict(random_crops=False, manifest=manifest)
+    instance = PreferenceDataset(
+        cfg.dataset,
+        "val",
+        sizes,
+        loss="dspo",
+        text_feedback=cfg.text_feedback and cfg.loss == "dspo",
+        **common,
+    )
+    image = PreferenceDataset(cfg.dataset, "val", sizes, loss="dpo", **common)
+    sets = {"instance": instance, "image": image}
+    return {kind: data for kind, data in sets.items() if data.counts()[kind]}
 
 
 @dataclasses.dataclass
@@ -187,29 +303,42 @@ def train(cfg: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # LoRA initialisation
 
-    # Data first: a broken dataset stops here, before any model is loaded.
+    # Data first: a broken dataset stops here, before any model is loaded. A downloaded tar is unpacked
+    # into the run folder (by the main process; the others wait and read it there).
+    unpacked = out / "dataset"
+    if main:
+        dataset = locate_dataset(cfg.dataset, unpacked)
+    accelerator.wait_for_everyone()
+    if not main:
+        dataset = locate_dataset(unpacked if Path(cfg.dataset).is_file() else cfg.dataset, unpacked)
+    cfg = dataclasses.replace(cfg, dataset=str(dataset))
     manifest = verify_dataset(cfg.dataset)
     sizes = (cfg.resolution, *cfg.buckets)
     train_set = PreferenceDataset(
         cfg.dataset,
         "train",
         sizes,
-        image_level=cfg.loss != "dspo",
+        loss=cfg.loss,
         text_feedback=cfg.text_feedback,
+        image_level_weight=cfg.image_level_weight,
         flip=cfg.flip,
         seed=cfg.seed,
         manifest=manifest,
     )
-    val_set = PreferenceDataset(
-        cfg.dataset,
-        "val",
-        sizes,
-        text_feedback=cfg.text_feedback and cfg.loss == "dspo",
-        random_crops=False,
-        manifest=manifest,
-    )
     if not len(train_set):
-        raise ValueError(f"{cfg.dataset} has no train records for loss {cfg.loss}")
+        raise ValueError(f"{cfg.dataset} has no train records for loss {cfg.loss} ({train_set.view})")
+    val_sets = validation_sets(cfg, sizes, manifest)
+    records = {
+        "trained_on": train_set.view,
+        "train": train_set.counts(),
+        "val": {kind: data.counts()[kind] for kind, data in val_sets.items()},
+    }
+    if not val_sets and main:
+        warnings.warn(
+            f"{cfg.dataset} has no val records: this run reports no held-out metrics. Build the dataset "
+            "with a val fraction above 0 (and enough sources) to get them.",
+            stacklevel=2,
+        )
 
     # Model.
     extra = (
@@ -221,7 +350,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         # The one-step generator calls vae.encode, which a DDP wrapper does not expose.
         raise ValueError("lora_vae_encoder runs on one process only")
     backbone = load_backbone(cfg.backbone, cfg.model, dtype=dtype, **extra).to(device)
-    for scale in {r.scale for r in train_set.records + val_set.records}:
+    val_records = [r for data in val_sets.values() for r in data.records]
+    for scale in {r.scale for r in train_set.records + val_records}:
         backbone.check_scale(scale)
         multiple = backbone.size_multiple(scale)
         if any(s % multiple for s in sizes):
@@ -247,7 +377,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     step, cursor, skipped = 0, (0, 0), 0
     if cfg.resume:
         checkpoint = find_checkpoint(cfg)
-        state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         load_trainable_state(trainable, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -278,9 +408,11 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         writer = SummaryWriter(str(out / "logs"))
         print(
-            f"training {cfg.backbone} with {cfg.loss} on {len(train_set)} records "
-            f"({manifest['dataset_id']} v{manifest['version']}), {sum(p.numel() for p in params):,} "
-            f"trainable parameters, {images_per_step} images per step"
+            f"training {cfg.backbone} with {cfg.loss} on {train_set.view} "
+            f"({manifest['dataset_id']} v{manifest['version']}; val: "
+            f"{', '.join(f'{n} {k}' for k, n in records['val'].items()) or 'none'}), "
+            f"{sum(p.numel() for p in params):,} trainable parameters, {images_per_step} images per step, "
+            f"on {device} ({cfg.mixed_precision} mixed precision)"
         )
 
     def forward_backward(
@@ -339,6 +471,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     last: dict[str, float] = {}
 
     while step < cfg.max_steps:
+        step_started = time.perf_counter()
         step_metrics, bad = [], False
         for micro in range(cfg.gradient_accumulation_steps):
             batch: Batch = next(batches).to(device, dtype)
@@ -349,22 +482,28 @@ def train(cfg: TrainConfig) -> TrainResult:
                 bad = True
             else:
                 step_metrics.append(metrics)
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-        if bad or not torch.isfinite(torch.as_tensor(grad_norm)):
+        if not optimizer_step(accelerator, optimizer, lr_scheduler, params, cfg.max_grad_norm, bad):
             skipped += 1
-        else:
-            optimizer.step()
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
         progress.update(1)
         if warming_up:
             warming_up = False
+            if main:
+                print(expected_cost(cfg, device, time.perf_counter() - step_started, step), flush=True)
             window_start, window_steps, window_metrics = time.perf_counter(), 0, []
         else:
             window_steps += 1
             window_metrics += step_metrics
 
+        # Validation has its own schedule; its metrics join the step's log line, or make one of their own.
+        val_metrics = {}
+        if cfg.val_every and step % cfg.val_every == 0 and step < cfg.max_steps and val_sets:
+            val_metrics = validate(cfg, backbone, model_nets, reference, val_sets, accelerator, dtype)
+        if not (step % cfg.log_every == 0 or step == cfg.max_steps) and val_metrics and main:
+            for key, value in val_metrics.items():
+                writer.add_scalar(f"train/{key}", value, step)
+            history.write(json.dumps({"step": step, **val_metrics}) + "\n")
+            history.flush()
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -390,8 +529,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     logged["mfu"] = (
                         flops_per_step * window_steps / elapsed / (peak * accelerator.num_processes)
                     )
-            if cfg.val_every and step % cfg.val_every == 0 and len(val_set):
-                logged.update(validate(cfg, backbone, model_nets, reference, val_set, accelerator, dtype))
+            logged.update(val_metrics)
             if main:
                 for key, value in logged.items():
                     if key != "step":
@@ -407,9 +545,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
             accelerator.wait_for_everyone()
             if main:
-                folder = out / "checkpoints" / f"step-{step}"
-                folder.mkdir(parents=True, exist_ok=True)
-                torch.save(
+                save_checkpoint(
+                    out / "checkpoints" / f"step-{step}",
                     {
                         "step": step,
                         "cursor": list(cursor),
@@ -419,20 +556,18 @@ def train(cfg: TrainConfig) -> TrainResult:
                         "lr_scheduler": lr_scheduler.state_dict(),
                         "config": cfg.to_dict(),
                     },
-                    folder / "state.pt",
                 )
     progress.close()
 
     final = dict(last)
-    if len(val_set):
-        final.update(validate(cfg, backbone, model_nets, reference, val_set, accelerator, dtype))
+    final.update(validate(cfg, backbone, model_nets, reference, val_sets, accelerator, dtype))
     accelerator.wait_for_everyone()
     if main:
         save_weights(backbone, trainable, cfg, out)
         final["flops_per_step"] = flops_per_step
         (out / "metrics.json").write_text(json.dumps(final, indent=2))
-        (out / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        write_model_card(out, cfg, manifest, final)
+        (out / "training_config.json").write_text(json.dumps({**cfg.to_dict(), "records": records}, indent=2))
+        write_model_card(out, cfg, manifest, final, records)
         writer.close()
         history.close()
     accelerator.end_training()

@@ -55,8 +55,16 @@ def read_dataset(dataset_id: IdPath, _: AdminUser, session: ReadSession) -> Data
     return datasets.get_dataset(session, dataset_id)
 
 
+Kind = Annotated[
+    str | None,
+    Query(pattern="^(image|instance)$", description="only the image-level or only the instance records"),
+]
+
+
 @router.get(
-    "/datasets/{dataset_id}/files/{name:path}", response_class=FileResponse, responses=errors(404, 409)
+    "/datasets/{dataset_id}/files/{name:path}",
+    response_class=FileResponse,
+    responses=errors(404, 409),
 )
 def download(
     dataset_id: IdPath,
@@ -64,14 +72,16 @@ def download(
     _: AdminUser,
     session: ReadSession,
     runtime: RuntimeDep,
+    kind: Kind = None,
 ) -> FileResponse:
     """One file of a published dataset (`dataset.tar` is the native format; the exports are under
-    `pickapic/`, `trl/`, `webdataset/`). Streamed, with Range requests; the sha256 is in the headers."""
+    `pickapic/`, `trl/`, `webdataset/`). Streamed, with Range requests; the sha256 is in the headers.
+    `?kind=image|instance` narrows a Pick-a-Pic or TRL parquet file to the rows of that kind."""
     dataset = datasets.published(session, dataset_id)
-    path, sha = datasets.published_path(runtime, dataset, name)
+    path, sha = datasets.published_path(runtime, dataset, name, kind)
     return FileResponse(
         path,
-        filename=f"dataset-{dataset_id}-{name.replace('/', '-')}",
+        filename=f"dataset-{dataset_id}-{f'{kind}-' if kind else ''}{name.replace('/', '-')}",
         headers={
             "ETag": f'"{sha}"',
             "X-Checksum-Sha256": sha,
@@ -89,10 +99,11 @@ def records(
     offset: Offset = 0,
     limit: Limit = 100,
     split: Annotated[str | None, Query(pattern="^(train|val)$")] = None,
+    kind: Kind = None,
 ) -> Records:
     """The records of a published dataset, a page at a time (images are named by sha256)."""
     dataset = datasets.published(session, dataset_id)
-    return datasets.records(runtime, dataset, offset=offset, limit=limit, split=split)
+    return datasets.records(runtime, dataset, offset=offset, limit=limit, split=split, kind=kind)
 
 
 @router.get("/projects/{project_id}/agreement", responses=errors(404))

@@ -1,17 +1,22 @@
 """Dataset versions for the API: list, build (a job, see dspo.datasets), the files and records of a
 published version, and the agreement statistics of a project."""
 
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dspo.aggregate import agreement
+from dspo.dataset_format import sha256_file
 from dspo.datasets import BuildSettings, DatasetBuildError, published_file, records_path, request_dataset
 from dspo.errors import Conflict, InvalidInput, NotFound
+from dspo.exports import BATCH, KINDS
 from dspo.models import Dataset
 from dspo.runtime import Runtime
 from dspo.services.projects import get_project
@@ -65,19 +70,64 @@ def published(session: Session, dataset_id: int) -> Dataset:
     return dataset
 
 
-def published_path(runtime: Runtime, dataset: Dataset, name: str) -> tuple[Path, str]:
-    """The path and sha256 of one file of a published dataset."""
+def published_path(
+    runtime: Runtime, dataset: Dataset, name: str, kind: str | None = None
+) -> tuple[Path, str]:
+    """The path and sha256 of one file of a published dataset; with `kind` ("image" or "instance"), of
+    a Pick-a-Pic or TRL parquet file narrowed to the rows of that kind (made once, then kept)."""
     try:
         path = published_file(runtime, dataset, name)
     except KeyError:
         raise NotFound(f"dataset {dataset.id} has no file {name!r}; see its `files`") from None
-    return path, dataset.files[name]["sha256"]  # type: ignore[index]
+    if kind is None:
+        return path, dataset.files[name]["sha256"]  # type: ignore[index]
+    if kind not in KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if name.split("/", 1)[0] not in KIND_EXPORTS or not name.endswith(".parquet"):
+        raise InvalidInput(f"kind applies to the pickapic and trl parquet files, not to {name!r}")
+    return _rows_of_kind(path, kind)
 
 
-def records(runtime: Runtime, dataset: Dataset, *, offset: int, limit: int, split: str | None) -> RecordsPage:
-    """The records of a published dataset, a page at a time (images are named by sha256)."""
-    filters = [("split", "=", split)] if split is not None else None
-    table = pq.read_table(records_path(runtime, dataset), filters=filters)
+KIND_EXPORTS = ("pickapic", "trl")
+
+
+def _rows_of_kind(path: Path, kind: str) -> tuple[Path, str]:
+    """The export file narrowed to one kind, next to it under .by-kind/, with its sha256 beside it. A
+    published dataset never changes, so the file is made once; it is written to a temporary name and
+    renamed, so concurrent requests never see half a file."""
+    folder = path.parent / ".by-kind"
+    narrowed, checksum = folder / f"{kind}-{path.name}", folder / f"{kind}-{path.name}.sha256"
+    if not checksum.is_file():
+        if "kind" not in pq.read_schema(path).names:
+            raise Conflict(f"{path.name} was exported before rows had a kind; rebuild the dataset for ?kind=")
+        table = pq.read_table(path, filters=[("kind", "=", kind)])
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".{narrowed.name}.{uuid.uuid4().hex}"
+        pq.write_table(table, tmp, row_group_size=BATCH)
+        os.replace(tmp, narrowed)
+        tmp = folder / f".{checksum.name}.{uuid.uuid4().hex}"
+        tmp.write_text(sha256_file(narrowed))
+        os.replace(tmp, checksum)
+    return narrowed, checksum.read_text()
+
+
+def records(
+    runtime: Runtime,
+    dataset: Dataset,
+    *,
+    offset: int,
+    limit: int,
+    split: str | None,
+    kind: str | None = None,
+) -> RecordsPage:
+    """The records of a published dataset, a page at a time (images are named by sha256); `kind` keeps
+    the image-level ("image") or the instance records."""
+    table = pq.read_table(records_path(runtime, dataset))
+    if split is not None:
+        table = table.filter(pc.field("split") == split)
+    if kind is not None:
+        is_image = pc.field("instance_id").is_null()
+        table = table.filter(is_image if kind == "image" else ~is_image)
     return RecordsPage(table.num_rows, offset, limit, table.slice(offset, limit).to_pylist())
 
 

@@ -23,6 +23,12 @@ from dspo.runtime import Runtime
 from tests.datasets.helpers import make_project, users, vote_all
 
 
+def crop(png: bytes, box: tuple[int, int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).crop(box).save(out, format="PNG")
+    return out.getvalue()
+
+
 def wait_job(client: TestClient, admin: dict[str, str], job_id: int, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -108,28 +114,51 @@ def test_build_download_read_back_and_rebuild(
 
     winners = {r.record_id: (root / "images" / f"{r.winner}.png").read_bytes() for r in records}
     losers = {r.record_id: (root / "images" / f"{r.loser}.png").read_bytes() for r in records}
+    by_id = {r.record_id: r for r in records}
+    cropped: set[bool] = set()
+
+    def expected_pair(row: dict) -> tuple[bytes, bytes]:
+        """The winner and loser as rows carry them: an instance record's crop, whole images otherwise."""
+        record = by_id[row["record_id"]]
+        assert row["kind"] == ("image" if record.instance_id is None else "instance")
+        box = tuple(row["crop_box"])
+        if record.instance_id is None:
+            assert box == (0, 0, 96, 64)
+            return winners[record.record_id], losers[record.record_id]
+        # The record's box, widened to the SR factor's grid.
+        assert box[0] <= record.box[0] and box[1] <= record.box[1]
+        assert record.box[2] <= box[2] and record.box[3] <= box[3] and all(v % 4 == 0 for v in box)
+        cropped.add(box != (0, 0, 96, 64))  # a region may span the image; most do not
+        return crop(winners[record.record_id], box), crop(losers[record.record_id], box)
 
     # Pick-a-Pic: the preferred image is in jpg_0 when label_0 is 1, in jpg_1 otherwise.
     pickapic = pa.concat_tables(
         pq.read_table(io.BytesIO(download(client, admin, dataset_id, f"pickapic/{split}.parquet")))
         for split in ("train", "validation")
     )
-    assert {"caption", "jpg_0", "jpg_1", "label_0", "label_1", "lq", "mask", "weight"} <= set(
+    assert {"caption", "jpg_0", "jpg_1", "label_0", "label_1", "lq", "mask", "weight", "kind"} <= set(
         pickapic.column_names
     )
     labels = set()
     for row in pickapic.to_pylist():
         pair = (row["jpg_0"], row["jpg_1"])
         preferred, other = pair if row["label_0"] == 1 else pair[::-1]
-        assert preferred == winners[row["record_id"]] and other == losers[row["record_id"]]
+        assert (preferred, other) == expected_pair(row)
+        assert row["winner_sha256"] == by_id[row["record_id"]].winner
         assert row["label_0"] + row["label_1"] == 1 and row["caption"].startswith("photo ")
-        assert Image.open(io.BytesIO(row["mask"])).mode == "1"
+        mask = Image.open(io.BytesIO(row["mask"]))
+        assert mask.mode == "1" and mask.size == Image.open(io.BytesIO(preferred)).size
+        box = row["crop_box"]
+        assert Image.open(io.BytesIO(row["lq"])).size == ((box[2] - box[0]) // 4, (box[3] - box[1]) // 4)
         labels.add(row["label_0"])
     assert labels == {0.0, 1.0}  # the preferred side varies (by a hash of the record id)
     assert pickapic.num_rows == len(records)
+    assert set(pickapic["kind"].to_pylist()) == {"image", "instance"}
+    assert True in cropped, "instance rows must be crops, not the whole images"
 
     # ... and read as the diffusers Diffusion-DPO example reads it: `datasets.load_dataset` on the
-    # folder, split "train", both images decoded from their bytes, the pair swapped when label_0 is 0.
+    # folder, split "train", both images decoded from their bytes, the pair swapped when label_0 is 0;
+    # checked row by row.
     from datasets import load_dataset
 
     folder = tmp_path / "pickapic"
@@ -142,13 +171,29 @@ def test_build_download_read_back_and_rebuild(
     for example in hf_train:
         pair = [Image.open(io.BytesIO(example[column])).convert("RGB") for column in ("jpg_0", "jpg_1")]
         preferred = pair[0] if example["label_0"] == 1 else pair[1]
-        winner = Image.open(io.BytesIO(winners[example["record_id"]])).convert("RGB")
+        winner = Image.open(io.BytesIO(expected_pair(example)[0])).convert("RGB")
         assert preferred.tobytes() == winner.tobytes() and example["caption"].startswith("photo ")
 
     trl = pq.read_table(io.BytesIO(download(client, admin, dataset_id, "trl/validation.parquet")))
     assert trl.num_rows == sum(r.split == "val" for r in records)
     for row in trl.to_pylist():
-        assert row["chosen"] == winners[row["record_id"]] and row["rejected"] == losers[row["record_id"]]
+        assert (row["chosen"], row["rejected"]) == expected_pair(row)
+
+    # ?kind= narrows a parquet export (and the records view) to one kind of record.
+    for kind in ("image", "instance"):
+        name = f"pickapic/train.parquet?kind={kind}"
+        narrowed = pq.read_table(io.BytesIO(download(client, admin, dataset_id, name)))
+        expected = [
+            r.record_id
+            for r in records
+            if r.split == "train" and (r.instance_id is None) == (kind == "image")
+        ]
+        assert sorted(narrowed["record_id"].to_pylist()) == sorted(expected) and expected
+        assert set(narrowed["kind"].to_pylist()) == {kind}
+        listed = client.get(f"/api/v1/datasets/{dataset_id}/records?kind={kind}", headers=admin).json()
+        assert listed["total"] == sum((r.instance_id is None) == (kind == "image") for r in records)
+    refused = client.get(f"/api/v1/datasets/{dataset_id}/files/dataset.tar?kind=image", headers=admin)
+    assert refused.status_code == 422 and "pickapic and trl parquet" in refused.json()["detail"]
 
     import webdataset as wds
 
@@ -196,3 +241,37 @@ def test_build_download_read_back_and_rebuild(
     assert wait_job(client, admin, retry.json()["job_id"])["state"] == "succeeded"
     rebuilt = client.get(f"/api/v1/datasets/{built['id']}", headers=admin).json()
     assert rebuilt["files"] == built["files"] and rebuilt["digest"] == built["digest"]
+
+
+def test_an_empty_val_split_is_written_and_said(
+    runtime: Runtime, client: TestClient, admin: dict[str, str], tmp_path: Path
+) -> None:
+    project_id = make_project(runtime, n_sources=1)
+    vote_all(runtime, project_id, users(runtime, ["a1", "a2", "a3"]))
+    body = {"val_fraction": 0.0, "exports": ["pickapic", "trl"]}
+    first = client.post(f"/api/v1/projects/{project_id}/datasets", json=body, headers=admin)
+    job = wait_job(client, admin, first.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    assert (
+        job["result"]["empty_splits"] == ["val"] and "the val split is empty" in job["result"]["warnings"][0]
+    )
+    dataset = client.get(f"/api/v1/datasets/{first.json()['dataset']['id']}", headers=admin).json()
+    assert {"pickapic/validation.parquet", "trl/validation.parquet"} <= set(dataset["files"])
+    data = download(client, admin, dataset["id"], "dataset.tar")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(tmp_path / "native", filter="data")
+    assert verify_dataset(tmp_path / "native" / f"dataset-{dataset['id']}")["empty_splits"] == ["val"]
+    # Both split files exist: the train split reads, and the empty validation split is reported as empty
+    # (datasets cannot hold a split of no rows), not as an unknown split.
+    from datasets import load_dataset
+
+    folder = tmp_path / "pickapic"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.parquet").write_bytes(
+            download(client, admin, dataset["id"], f"pickapic/{split}.parquet")
+        )
+    cache = str(tmp_path / "hf-cache")
+    assert load_dataset(str(folder), split="train", cache_dir=cache).num_rows == dataset["counts"]["records"]
+    with pytest.raises(ValueError, match='"validation" corresponds to no data'):
+        load_dataset(str(folder), split="validation", cache_dir=cache)

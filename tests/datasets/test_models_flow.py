@@ -3,10 +3,12 @@ through the real jobs to tasks; a registered LoRA, once the project switches to 
 round's candidates (SQLite: the database plays no part here)."""
 
 import io
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -14,6 +16,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from dspo import jobs
+from dspo.datasets import records_path
 from dspo.db import session_scope
 from dspo.ingest import add_source
 from dspo.models import Candidate, Dataset, Instance, Project, Task
@@ -194,3 +197,11 @@ def test_scheduled_training_runs_the_trainer_and_registers_its_lora(
     with runtime.sessions() as session:
         [dataset] = session.scalars(select(Dataset)).all()
     assert version["dataset_id"] == dataset.id
+    # DSPO trained on the instance records only, though the dataset has image-level records too.
+    records = pq.read_table(records_path(runtime, dataset)).to_pylist()
+    train_records = [r for r in records if r["split"] == "train"]
+    instances = sum(r["instance_id"] is not None for r in train_records)
+    assert instances and len(train_records) > instances, "the dataset should have both kinds"
+    trained = json.loads(Path(version["lora_path"], "training_config.json").read_text())
+    assert trained["loss"] == "dspo" and trained["records"]["train"] == {"instance": instances, "image": 0}
+    assert job.result["records"] == trained["records"]

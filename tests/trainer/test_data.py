@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import png
+from synthetic import make_dataset, png
 
 from dspo.dataset_format import DatasetWriter, Record
-from trainer.data import BatchOrder, PreferenceDataset, crop_window, joined_text
+from trainer.data import BatchOrder, PreferenceDataset, crop_window, joined_text, select_entries
 
 SR, SCALE = 64, 4
 
@@ -99,6 +99,39 @@ def test_order_is_seeded_resumable_and_bucketed(tmp_path: Path) -> None:
     # Two processes of one record each split the same global batches between them.
     parts = [list(itertools.islice(iter(BatchOrder(data, 1, 7, num_replicas=2, rank=r)), 5)) for r in (0, 1)]
     assert [a + b for a, b in zip(*parts, strict=True)] == first[:5]
+
+
+def test_short_buckets_are_filled_up_and_trained_every_epoch(tmp_path: Path) -> None:
+    # 3 small boxes and 5 large ones, global batches of 4: neither bucket divides, the small one makes no
+    # full batch at all. Every record still trains in every epoch, in batches of 4 of one bucket each.
+    boxes = [(0, 0, 8, 8)] * 3 + [(0, 0, 60, 60)] * 5
+    data = PreferenceDataset(coordinate_dataset(tmp_path / "ds", boxes), "train", (16, 64))
+    order = BatchOrder(data, batch_size=2, seed=1, num_replicas=2)
+    for epoch in range(3):
+        batches = order.epoch_batches(epoch)
+        assert all(len(b) == 4 and len({data.bucket(i) for i in b}) == 1 for b in batches)
+        assert {i for b in batches for i in b} == set(range(8))
+        assert len(batches) == 1 + 2  # ceil(3 / 4) + ceil(5 / 4)
+
+
+def test_each_loss_reads_its_records(tmp_path: Path) -> None:
+    from dspo.dataset_format import read_records
+
+    records = read_records(make_dataset(tmp_path / "ds", sources=3, val_sources=0, image_level=True))
+    dspo, view = select_entries(records, "dspo")
+    assert {e.kind for e in dspo} == {"instance"} and len(dspo) == 6 and view == "6 instance records"
+    assert not any(e.whole for e in dspo) and dspo[0].text == "a photo, smooth wall"
+    for loss in ("dpo", "sft"):
+        image, view = select_entries(records, loss)
+        assert {e.kind for e in image} == {"image"} and len(image) == 3 and view == "3 image-level records"
+        assert all(e.whole and e.raw_weight == 1.0 and e.text == "a photo" for e in image)
+    mixed, view = select_entries(records, "dspo", image_level_weight=0.5)
+    assert len(mixed) == 9 and view == "6 instance records and 3 image-level records (weight 0.5 each)"
+    assert [e.raw_weight for e in mixed if e.kind == "image"] == [0.5] * 3
+    # Without image-level records, the baselines fall back to every record as a whole image, and say so.
+    plain = read_records(make_dataset(tmp_path / "plain", sources=3, val_sources=0))
+    whole, view = select_entries(plain, "dpo")
+    assert len(whole) == 6 and all(e.whole for e in whole) and "no image-level records" in view
 
 
 def test_text_condition() -> None:

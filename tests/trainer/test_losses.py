@@ -66,7 +66,8 @@ def test_dspo_loss(tensors, loss_type: str) -> None:
         }[loss_type]
         total += float(weight[b]) * per
     assert logits.tolist() == pytest.approx(expected_logits, rel=1e-5, abs=1e-6)
-    assert float(loss) == pytest.approx(total / float(weight.sum()), rel=1e-5)
+    # The weights arrive normalised by the training set's mean (SPEC §3): the loss is a plain mean.
+    assert float(loss) == pytest.approx(total / B, rel=1e-5)
 
 
 def test_dspo_with_one_full_mask_equals_image_level_dpo(tensors) -> None:
@@ -111,10 +112,11 @@ def test_one_step_surrogate_with_regulariser(tensors) -> None:
             }
             logit = -beta * ((e["m", 0] - e["r", 0]) - (e["m", 1] - e["r", 1]))
             total += float(weight[b]) * math.log1p(math.exp(-logit))
-        anchor = target[0] if reg == "sft" else ref[0]
-        expected_reg = float(((pred[0].double() - anchor.double()) ** 2).mean())
+        # The regulariser: the masked error to the anchor, weighted like the preference term.
+        anchor = target[:1] if reg == "sft" else ref
+        expected_reg = sum(float(weight[b]) * reference_error(pred, anchor, mask, 0, b) for b in range(B)) / B
         assert float(metrics["regulariser"]) == pytest.approx(expected_reg, rel=1e-6)
-        assert float(loss) == pytest.approx(total / float(weight.sum()) + reg_weight * expected_reg, rel=1e-5)
+        assert float(loss) == pytest.approx(total / B + reg_weight * expected_reg, rel=1e-5)
 
 
 def test_accuracy_and_margin_metrics(tensors) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import make_dataset
 
 from trainer.backbones import BACKBONES
 from trainer.config import TrainConfig
@@ -66,7 +67,7 @@ def test_each_backbone_trains_with_each_loss(tiny_models, dataset, tmp_path, bac
         assert history[0]["reward_margin"] == 0.0
         assert {"accuracy", "model_err_w", "model_err_l", "ref_err_w", "ref_err_l"} <= history[0].keys()
         assert history[-1]["reward_margin"] != 0.0
-    assert "val_accuracy" in result.metrics
+    assert "val_instance_accuracy" in result.metrics
     assert (out / "pytorch_lora_weights.safetensors").exists()
     card = (out / "README.md").read_text()
     assert "synthetic" in card and json.loads((out / "metrics.json").read_text())["flops_per_step"] > 0
@@ -152,3 +153,83 @@ def test_settings_are_checked(tiny_models, dataset, tmp_path) -> None:
         config(dataset, tiny_models["upscaler"], tmp_path, "upscaler", loss="kto")
     with pytest.raises(ValueError, match="multiples of"):
         train(config(dataset, tiny_models["upscaler"], tmp_path, "upscaler", resolution=36))
+
+
+def test_dspo_trains_on_instance_records_and_says_so(tiny_models, tmp_path) -> None:
+    data = make_dataset(tmp_path / "ds", sources=2, val_sources=1, image_level=True)
+    runs = {"dspo": {}, "dpo": {"loss": "dpo"}, "mix": {"image_level_weight": 1.0}}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        result = train(config(data, tiny_models["upscaler"], out, "upscaler", max_steps=1, **extra))
+        records = json.loads((out / "training_config.json").read_text())["records"]
+        assert records["val"] == {"instance": 2, "image": 1}
+        # Validation is reported per record kind, whatever the loss.
+        assert {"val_instance_accuracy", "val_image_accuracy", "val_image_loss"} <= result.metrics.keys()
+        card = (out / "README.md").read_text()
+        assert f"Trained on: {records['trained_on']}" in card
+        runs[name] = records
+    assert runs["dspo"]["train"] == {"instance": 4, "image": 0}
+    assert runs["dspo"]["trained_on"] == "4 instance records"
+    assert runs["dpo"]["train"] == {"instance": 0, "image": 2}
+    assert runs["mix"]["train"] == {"instance": 4, "image": 2}
+
+
+def test_validation_has_its_own_schedule(tiny_models, dataset, tmp_path) -> None:
+    out = tmp_path / "out"
+    train(config(dataset, tiny_models["upscaler"], out, "upscaler", max_steps=4, log_every=2, val_every=3))
+    history = {h["step"]: h for h in read_history(out)}
+    assert sorted(history) == [2, 3, 4]
+    assert "val_instance_accuracy" in history[3] and "loss" not in history[3]
+    assert "val_instance_accuracy" not in history[2]
+
+
+def test_empty_val_split_is_said_not_skipped(tiny_models, tmp_path) -> None:
+    data = make_dataset(tmp_path / "ds", sources=2, val_sources=0)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="no val records"):
+        result = train(config(data, tiny_models["upscaler"], out, "upscaler", max_steps=1))
+    assert not any(k.startswith("val_") for k in result.metrics)
+    assert "no held-out validation: the dataset's val split is empty" in (out / "README.md").read_text()
+
+
+def test_resume_skips_a_checkpoint_that_fails_its_checksum(tiny_models, dataset, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    settings = dict(max_steps=5, checkpoint_every=2)
+    train(config(dataset, tiny_models["upscaler"], out, "upscaler", **settings))
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-2", "step-4"]  # no temporary left
+    state = checkpoints / "step-4" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])  # a truncated write
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        train(config(dataset, tiny_models["upscaler"], out, "upscaler", resume=str(state.parent), **settings))
+    train(config(dataset, tiny_models["upscaler"], out, "upscaler", resume="latest", **settings))
+    assert "skipping checkpoint" in capsys.readouterr().err
+    assert [h["step"] for h in read_history(out)][-3:] == [3, 4, 5]
+
+
+def test_fp16_overflow_is_skipped_through_the_grad_scaler() -> None:
+    """A GradScaler on the CPU, as accelerate sets one up for fp16 on a GPU: an overflowing step is skipped
+    by the scaler, which lowers its scale, and the next step trains (it used to fail in clip_grad_norm_)."""
+    from accelerate import Accelerator
+
+    from trainer.train import optimizer_step
+
+    accelerator = Accelerator(cpu=True, mixed_precision="fp16")
+    accelerator.native_amp = True  # what accelerate does for fp16 on a GPU
+    # Scaled by 2^20 in fp16 (autocast from prepare), the loss overflows; one back-off brings it to 2^10.
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, backoff_factor=2.0**-10)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    x = torch.ones(2, 4)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(x).sum()
+    assert torch.isfinite(loss)
+    accelerator.backward(loss)
+    assert not optimizer_step(accelerator, optimizer, scheduler, list(model.parameters()), 1.0, bad=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert accelerator.scaler.get_scale() == 2.0**10
+    accelerator.backward(model(x).sum())
+    assert optimizer_step(accelerator, optimizer, scheduler, list(model.parameters()), 1.0, bad=False)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
