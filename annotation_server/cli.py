@@ -11,9 +11,9 @@ from dspo import jobs
 from dspo.generators import generator_class
 from dspo.images import encode_png
 from dspo.migrate import upgrade
-from dspo.models import Job, Project, Task
+from dspo.models import Job, Project, Task, User
 from dspo.runtime import Runtime
-from dspo.services import projects, uploads
+from dspo.services import members, projects, uploads
 from dspo.services.users import ensure_user
 from dspo.settings import get_settings
 
@@ -106,6 +106,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
             project = projects.create_project(session, settings, fields)
         project_id = project.id
+        annotator_id = session.scalars(select(User.id).where(User.username == "annotator")).one()
+        members.add_member(session, project_id, annotator_id)
 
     print(
         f"demo project {project_id}: {len(DEMO_PHOTOS)} photographs from scikit-image, degraded x4, "

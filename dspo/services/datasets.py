@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from dspo.aggregate import agreement
 from dspo.datasets import BuildSettings, DatasetBuildError, published_file, records_path, request_dataset
 from dspo.errors import Conflict, InvalidInput, NotFound
-from dspo.models import Dataset
+from dspo.models import Dataset, Job
 from dspo.runtime import Runtime
 from dspo.services.projects import get_project
 
@@ -30,6 +30,22 @@ def list_datasets(session: Session, project_id: int) -> list[Dataset]:
     return list(
         session.scalars(select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.version))
     )
+
+
+@dataclass
+class DatasetView:
+    """A dataset version with the job that builds it, for the admin pages."""
+
+    dataset: Dataset
+    job: Job | None
+
+
+def list_with_jobs(session: Session, project_id: int) -> list[DatasetView]:
+    """The project's dataset versions, newest first, each with its build job (progress, message)."""
+    found = list_datasets(session, project_id)
+    job_ids = [d.job_id for d in found if d.job_id is not None]
+    jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
+    return [DatasetView(d, jobs.get(d.job_id) if d.job_id else None) for d in reversed(found)]
 
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset:

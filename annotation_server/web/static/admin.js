@@ -54,6 +54,7 @@
       const form = new FormData();
       form.append("file", file);
       form.append("kind", document.getElementById("kind").value);
+      form.append("prompt", document.getElementById("prompt").value);
       xhr.send(form);
     });
   }
