@@ -106,6 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
             project = projects.create_project(session, settings, fields)
         project_id = project.id
+        # The demo's annotator works on the demo project (adding a member again changes nothing).
         annotator_id = session.scalars(select(User.id).where(User.username == "annotator")).one()
         members.add_member(session, project_id, annotator_id)
 
