@@ -365,6 +365,7 @@ def admin_dataset_records(
         "dataset": dataset,
         "project": projects.get_project(session, dataset.project_id),
         "page": page,
+        "tasks": datasets.record_tasks(session, page.records),
         "split": split,
         "per_page": RECORDS_PER_PAGE,
     }

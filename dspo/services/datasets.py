@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from dspo.aggregate import agreement
 from dspo.datasets import BuildSettings, DatasetBuildError, published_file, records_path, request_dataset
 from dspo.errors import Conflict, InvalidInput, NotFound
-from dspo.models import Dataset, Job
+from dspo.models import Dataset, Job, Task
 from dspo.runtime import Runtime
 from dspo.services.projects import get_project
 
@@ -95,6 +95,25 @@ def records(runtime: Runtime, dataset: Dataset, *, offset: int, limit: int, spli
     filters = [("split", "=", split)] if split is not None else None
     table = pq.read_table(records_path(runtime, dataset), filters=filters)
     return RecordsPage(table.num_rows, offset, limit, table.slice(offset, limit).to_pylist())
+
+
+def record_tasks(session: Session, records: list[dict[str, Any]]) -> dict[str, int]:
+    """Record id -> the id of the task it came from (by source and instance; a whole-image record
+    has no instance), for records whose task still exists: the pages show its crops. Records name
+    sources and instances by their database ids, as text."""
+
+    def as_id(value: Any) -> int | None:
+        return int(value) if isinstance(value, str) and value.isdigit() else None
+
+    keys = {r["record_id"]: (as_id(r["source_id"]), as_id(r["instance_id"])) for r in records}
+    sources = {source for source, _ in keys.values() if source is not None}
+    if not sources:
+        return {}
+    rows = session.execute(
+        select(Task.id, Task.source_id, Task.instance_id).where(Task.source_id.in_(sources))
+    )
+    by_key = {(source_id, instance_id): task_id for task_id, source_id, instance_id in rows}
+    return {record_id: by_key[key] for record_id, key in keys.items() if key in by_key}
 
 
 def project_agreement(session: Session, project_id: int) -> dict[str, Any]:
