@@ -8,6 +8,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
+from dspo import simulate
 from dspo.errors import DspoError
 from dspo.runtime import Runtime
 from dspo.services.users import ROLES, ensure_user
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--password", help="default: asked for on the terminal")
     create.add_argument("--generate-password", action="store_true", help="make one up and print it")
     create.set_defaults(func=cmd_user_create)
+
+    simulate.register(commands)
 
     for ep in sorted(entry_points(group="dspo.cli"), key=lambda ep: ep.name):
         try:

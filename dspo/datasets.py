@@ -33,7 +33,7 @@ from dspo.dataset_format import DatasetWriter, Record, sha256_file, verify_datas
 from dspo.db import session_scope, utcnow
 from dspo.exports import EXPORTERS, export_webdataset, tar_folder
 from dspo.images import mask_to_png
-from dspo.models import Dataset, Job, Project, Task, Vote
+from dspo.models import Dataset, Job, Project, Source, Task, Vote
 from dspo.runtime import Runtime
 
 BUILD_JOB = "dataset_build"
@@ -208,7 +208,12 @@ def _write_votes(session: Session, dataset: Dataset, path: Path) -> tuple[str, i
             Vote.defect_text,
         )
         .join(Task, Task.id == Vote.task_id)
-        .where(Task.project_id == dataset.project_id, Vote.id <= dataset.max_vote_id)
+        .join(Source, Source.id == Task.source_id)
+        .where(
+            Task.project_id == dataset.project_id,
+            Vote.id <= dataset.max_vote_id,
+            Source.held_out.is_(False),  # as in dspo.aggregate: nothing of a held-out source
+        )
         .order_by(Vote.id)
     ).all()
     names = ["vote_id", "task_id", "user_id", "outcome", "best_candidate_id", "worst_candidate_id"]

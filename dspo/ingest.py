@@ -3,6 +3,7 @@
 The steps are apart so that a server decodes an upload outside any transaction (`prepare_image`) and
 writes the source in a short one (`record_source`); `add_source` runs them in one session."""
 
+import hashlib
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -40,11 +41,32 @@ def prepare_image(blobs: BlobStore, data: bytes, *, kind: str, scale: int, max_p
     return PreparedImage(sha256_hex(data), blobs.put(encode_png(image)), image.width, image.height)
 
 
+def held_out_by_fraction(project: Project, upload_sha256: str) -> bool:
+    """Whether the project's seeded fraction holds this upload out: a hash of (seed, the upload's
+    sha256) read as a number in [0, 1), so the same bytes get the same answer on every installation."""
+    if project.held_out_fraction <= 0:
+        return False
+    digest = hashlib.sha256(f"held-out:{project.held_out_seed}:{upload_sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < project.held_out_fraction
+
+
 def record_source(
-    session: Session, project_id: int, image: PreparedImage, *, filename: str, kind: str, prompt: str
+    session: Session,
+    project_id: int,
+    image: PreparedImage,
+    *,
+    filename: str,
+    kind: str,
+    prompt: str,
+    held_out: bool | None = None,
 ) -> tuple[Source, bool]:
     """Insert the source and commit; if the same file arrived concurrently and the other request won,
-    return its source instead (duplicate True)."""
+    return its source instead (duplicate True). held_out None: the project's fraction decides."""
+    if held_out is None:
+        project = session.get(Project, project_id)
+        if project is None:
+            raise LookupError(f"project {project_id} does not exist")
+        held_out = held_out_by_fraction(project, image.upload_sha256)
     source = Source(
         project_id=project_id,
         upload_sha256=image.upload_sha256,
@@ -55,6 +77,7 @@ def record_source(
         hq_sha256=image.stored_sha256 if kind == "hq" else None,
         width=image.width if kind == "lq" else None,
         height=image.height if kind == "lq" else None,
+        held_out=held_out,
     )
     session.add(source)
     try:
@@ -78,13 +101,16 @@ def add_source(
     kind: str,
     prompt: str = "",
     max_pixels: int,
+    held_out: bool | None = None,
 ) -> tuple[Source, bool]:
     """Store an upload as a new source; the same bytes uploaded again return the existing source."""
     existing = find_source(session, project.id, sha256_hex(data))
     if existing is not None:
         return existing, True
     image = prepare_image(blobs, data, kind=kind, scale=project.scale, max_pixels=max_pixels)
-    return record_source(session, project.id, image, filename=filename, kind=kind, prompt=prompt)
+    return record_source(
+        session, project.id, image, filename=filename, kind=kind, prompt=prompt, held_out=held_out
+    )
 
 
 def find_source(session: Session, project_id: int, upload_sha256: str) -> Source | None:

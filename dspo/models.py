@@ -110,6 +110,10 @@ class Project(Base):
     # The tuned model that generates the next round's candidates (a model_versions id; no foreign key,
     # which would make a cycle with model_versions.project_id).
     model_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Held-out sources (for evaluation only): an upload that does not say whether it is held out is,
+    # with this probability, decided by a hash of (seed, its bytes' sha256) — seeded and repeatable.
+    held_out_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    held_out_seed: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -144,6 +148,8 @@ class Source(Base):
     degradation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     prompt: Mapped[str] = mapped_column(Text, default="")
     state: Mapped[str] = mapped_column(String(16), default="uploaded")  # uploaded | ready | failed
+    # Kept for evaluation: never in a dataset (dspo.aggregate), no candidates or tasks (worker.jobs).
+    held_out: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -54,8 +54,20 @@ def ingest(ctx: JobContext) -> dict[str, Any]:
             assert row is not None
             row.lq_sha256, row.width, row.height, row.degradation = lq_sha, lq.width, lq.height, params
         result |= {"lq_size": [lq.width, lq.height]}
+    if source.held_out:
+        # Evaluation only: its LQ image is all an evaluation needs; candidates and tasks would only
+        # let its content leak into annotation and training.
+        _mark_ready(ctx, source.id)
+        return result | {"held_out": True}
     ctx.then("candidates", {"source_id": source.id}, project.id)
     return result
+
+
+def _mark_ready(ctx: JobContext, source_id: int) -> None:
+    with session_scope(ctx.runtime.sessions) as session:
+        row = session.get(Source, source_id)
+        assert row is not None
+        row.state = "ready"
 
 
 def candidates(ctx: JobContext) -> dict[str, Any]:
@@ -136,8 +148,12 @@ def instances(ctx: JobContext) -> dict[str, Any]:
 
 
 def tasks(ctx: JobContext) -> dict[str, Any]:
-    """One task per instance, plus one image-level task when the project wants them."""
+    """One task per instance, plus one image-level task when the project wants them; none for a
+    held-out source (a job queued before the source was held out finds nothing to do)."""
     source, project = _load(ctx)
+    if source.held_out:
+        _mark_ready(ctx, source.id)
+        return {"tasks_created": 0, "held_out": True}
     with session_scope(ctx.runtime.sessions) as session:
         existing = set(session.scalars(select(Task.instance_id).where(Task.source_id == source.id)))
         instance_ids = session.scalars(

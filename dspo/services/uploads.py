@@ -22,9 +22,18 @@ class Upload:
 
 
 def upload_image(
-    runtime: Runtime, project_id: int, data: bytes, *, filename: str, kind: str, prompt: str
+    runtime: Runtime,
+    project_id: int,
+    data: bytes,
+    *,
+    filename: str,
+    kind: str,
+    prompt: str,
+    held_out: bool | None = None,
 ) -> Upload:
-    """Decoding happens outside any transaction: on SQLite, annotators' writes never wait for it."""
+    """Decoding happens outside any transaction: on SQLite, annotators' writes never wait for it.
+    held_out: True keeps the source for evaluation only (no tasks, never in a dataset); None lets the
+    project's held-out fraction decide. A duplicate upload keeps what the first one decided."""
     if len(data) > runtime.settings.max_upload_bytes:
         raise TooLarge(
             f"{filename}: larger than {runtime.settings.max_upload_bytes} bytes (DSPO_MAX_UPLOAD_BYTES)"
@@ -44,7 +53,7 @@ def upload_image(
         raise InvalidInput(f"{filename}: {exc}") from None
     with runtime.sessions() as session:
         source, duplicate = record_source(
-            session, project_id, image, filename=filename, kind=kind, prompt=prompt
+            session, project_id, image, filename=filename, kind=kind, prompt=prompt, held_out=held_out
         )
     if duplicate:
         return Upload(source, duplicate=True, job_id=None)
