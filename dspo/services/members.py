@@ -7,8 +7,9 @@ also sees every answer on the tasks of their projects; an annotator only their o
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, and_, select
 from sqlalchemy.orm import Session
 
 from dspo import assign
@@ -41,59 +42,60 @@ def is_member(session: Session, project_id: int, user_id: int) -> bool:
     return session.get(ProjectMember, (project_id, user_id)) is not None
 
 
-def _hidden(project_id: int) -> NotFound:
-    return NotFound(
-        f"project {project_id} does not exist, or you are not one of its members: ask an admin to add you"
-    )
+def _membership(user: Principal, project_id: Any) -> ColumnElement[bool]:
+    """The condition of a join to project_members: this user, in the project of `project_id`."""
+    return and_(ProjectMember.project_id == project_id, ProjectMember.user_id == user.id)
 
 
 def require_project(session: Session, user: Principal, project_id: int) -> Project:
-    """The project, if this user may see it; otherwise NotFound, as for a project that does not exist."""
+    """The project, if this user may see it; otherwise NotFound, as for a project that does not exist.
+    One query (the project joined to the membership), the same for a project that does not exist."""
     if sees_every_project(user):
         return get_project(session, project_id)
-    project = session.get(Project, project_id)
-    if project is None or not is_member(session, project_id, user.id):
-        raise _hidden(project_id)
+    stmt = select(Project).join(ProjectMember, _membership(user, Project.id)).where(Project.id == project_id)
+    project = session.scalars(stmt).first()
+    if project is None:
+        raise NotFound(
+            f"project {project_id} does not exist, or you are not one of its members: ask an admin to add you"
+        )
     return project
 
 
-def _require_in_project(session: Session, user: Principal, project_id: int, what: str) -> None:
-    if not sees_every_project(user) and not is_member(session, project_id, user.id):
-        raise NotFound(f"{what} does not exist, or is in a project you are not a member of")
+def _require(session: Session, user: Principal, stmt: Select[Any], what: str) -> None:
+    """Run `stmt` (a row of what the path names, joined to its project's membership for non-admins);
+    NotFound when it finds nothing."""
+    if session.execute(stmt.limit(1)).first() is None:
+        suffix = "" if sees_every_project(user) else ", or is in a project you are not a member of"
+        raise NotFound(f"{what} does not exist{suffix}")
 
 
-def require_task(session: Session, user: Principal, task_id: int) -> Task:
-    task = session.get(Task, task_id)
-    if task is None:
-        raise NotFound(f"task {task_id} does not exist")
-    _require_in_project(session, user, task.project_id, f"task {task_id}")
-    return task
+def _in_projects_of(user: Principal, stmt: Select[Any], project_id: Any) -> Select[Any]:
+    return stmt if sees_every_project(user) else stmt.join(ProjectMember, _membership(user, project_id))
 
 
-def require_source(session: Session, user: Principal, source_id: int) -> Source:
-    source = session.get(Source, source_id)
-    if source is None:
-        raise NotFound(f"source {source_id} does not exist")
-    _require_in_project(session, user, source.project_id, f"source {source_id}")
-    return source
+def require_task(session: Session, user: Principal, task_id: int) -> None:
+    """NotFound unless the task exists in a project the user may see (one query)."""
+    stmt = _in_projects_of(user, select(Task.id).where(Task.id == task_id), Task.project_id)
+    _require(session, user, stmt, f"task {task_id}")
+
+
+def require_source(session: Session, user: Principal, source_id: int) -> None:
+    stmt = _in_projects_of(user, select(Source.id).where(Source.id == source_id), Source.project_id)
+    _require(session, user, stmt, f"source {source_id}")
 
 
 def require_candidate(session: Session, user: Principal, candidate_id: int) -> None:
-    candidate = session.get(Candidate, candidate_id)
-    if candidate is None:
-        raise NotFound(f"candidate {candidate_id} does not exist")
-    source = session.get(Source, candidate.source_id)
-    assert source is not None
-    _require_in_project(session, user, source.project_id, f"candidate {candidate_id}")
+    stmt = (
+        select(Candidate.id)
+        .join(Source, Source.id == Candidate.source_id)
+        .where(Candidate.id == candidate_id)
+    )
+    _require(session, user, _in_projects_of(user, stmt, Source.project_id), f"candidate {candidate_id}")
 
 
 def require_instance(session: Session, user: Principal, instance_id: int) -> None:
-    instance = session.get(Instance, instance_id)
-    if instance is None:
-        raise NotFound(f"instance {instance_id} does not exist")
-    source = session.get(Source, instance.source_id)
-    assert source is not None
-    _require_in_project(session, user, source.project_id, f"instance {instance_id}")
+    stmt = select(Instance.id).join(Source, Source.id == Instance.source_id).where(Instance.id == instance_id)
+    _require(session, user, _in_projects_of(user, stmt, Source.project_id), f"instance {instance_id}")
 
 
 def visible_projects(session: Session, user: Principal) -> list[Project]:

@@ -21,7 +21,7 @@ def lease_next(
 ) -> assign.LeasedTask | None:
     """The task at `position` of the annotator's queue of leases (see assign.next_task); None when
     nothing is left for them, NotFound for a project that does not exist or that they are not a
-    member of (one primary-key lookup, the only statement this adds to assign.next_task)."""
+    member of (one query, the only statement this adds to assign.next_task)."""
     members.require_project(session, user, project_id)
     task = assign.next_task(
         session,
