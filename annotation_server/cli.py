@@ -15,9 +15,9 @@ from dspo.generators import generator_class
 from dspo.images import encode_png
 from dspo.logs import uvicorn_log_config
 from dspo.migrate import upgrade
-from dspo.models import Job, Project, Task
+from dspo.models import Job, Project, Task, User
 from dspo.runtime import Runtime
-from dspo.services import projects, uploads
+from dspo.services import members, projects, uploads
 from dspo.services.users import ensure_user
 from dspo.settings import get_settings
 
@@ -115,6 +115,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
             project = projects.create_project(session, settings, fields)
         project_id = project.id
+        # The demo's annotator works on the demo project (adding a member again changes nothing).
+        annotator_id = session.scalars(select(User.id).where(User.username == "annotator")).one()
+        members.add_member(session, project_id, annotator_id)
 
     print(
         f"demo project {project_id}: {len(DEMO_PHOTOS)} photographs from scikit-image, degraded x4, "

@@ -21,7 +21,7 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 JSON_MAX_DEPTH = 32
 
-Role = Literal["admin", "annotator"]
+Role = Literal["admin", "reviewer", "annotator"]
 Outcome = Literal["pick", "tie", "all_bad", "skip"]
 
 
@@ -96,7 +96,10 @@ ERRORS: dict[int, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "The body cannot be parsed (not well-formed JSON or form data)."},
     401: {"model": ErrorOut, "description": "Not logged in, or the token expired or was revoked."},
     403: {"model": ErrorOut, "description": "Needs the admin role, or a cookie session's CSRF token."},
-    404: {"model": ErrorOut, "description": "What the path names does not exist."},
+    404: {
+        "model": ErrorOut,
+        "description": "What the path names does not exist, or is in a project you are not a member of.",
+    },
     409: {"model": ErrorOut, "description": "Conflicts with the current state; `detail` says how."},
     413: {"model": ErrorOut, "description": "The request body is larger than this route takes."},
     422: {"model": ValidationErrorOut, "description": "Invalid input; `detail` says which and why."},
@@ -156,6 +159,14 @@ class UserOut(ORMModel):
     role: Role
     is_active: bool
     created_at: datetime
+
+
+class MemberOut(BaseModel):
+    user_id: int
+    username: str
+    role: Role
+    is_active: bool
+    added_at: datetime
 
 
 # --- Projects and uploads -----------------------------------------------------------------------------

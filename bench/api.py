@@ -44,7 +44,7 @@ from sqlalchemy.engine import make_url
 
 from dspo.db import make_engine, make_session_factory
 from dspo.migrate import upgrade
-from dspo.models import Base, User
+from dspo.models import Base, Project, ProjectMember, User
 from dspo.security import hash_password
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -374,12 +374,17 @@ def bulk_load(url: str, n_tasks: int, *, required_votes: int = 3, project_id: in
 
 
 def create_annotators(url: str, count: int, *, prefix: str = "annotator") -> list[str]:
-    """Annotator users named ``{prefix}{i}``, all with the password PASSWORD (hashed once)."""
+    """Annotator users named ``{prefix}{i}``, all with the password PASSWORD (hashed once), members of
+    every project."""
     engine = make_engine(url, pool_size=1)
     password_hash = hash_password(PASSWORD)
     names = [f"{prefix}{i}" for i in range(count)]
     with make_session_factory(engine)() as session:
-        session.add_all(User(username=n, password_hash=password_hash, role="annotator") for n in names)
+        users = [User(username=n, password_hash=password_hash, role="annotator") for n in names]
+        session.add_all(users)
+        session.flush()
+        project_ids = session.scalars(sa.select(Project.id)).all()
+        session.add_all(ProjectMember(project_id=p, user_id=u.id) for p in project_ids for u in users)
         session.commit()
     engine.dispose()
     return names

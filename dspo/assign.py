@@ -511,3 +511,15 @@ def release_task(session: Session, *, task_id: int, user_id: int) -> bool:
         return False
     session.execute(_FREE_SLOTS, {"tid": task_id, "n": 1})
     return True
+
+
+def release_user_leases(session: Session, user_id: int, project_id: int | None = None) -> int:
+    """Give back every lease of a user (in one project, or in all), freeing their slots: for a member
+    removed from a project or a deactivated user. Returns how many; the caller commits."""
+    stmt = delete(leases).where(leases.c.user_id == user_id)
+    if project_id is not None:
+        stmt = stmt.where(leases.c.task_id.in_(select(tasks.c.id).where(tasks.c.project_id == project_id)))
+    task_ids = session.scalars(stmt.returning(leases.c.task_id)).all()
+    for task_id, n in sorted(Counter(task_ids).items()):
+        session.execute(_FREE_SLOTS, {"tid": task_id, "n": n})
+    return len(task_ids)

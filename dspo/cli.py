@@ -12,7 +12,7 @@ from dspo import simulate
 from dspo.errors import DspoError
 from dspo.logs import configure as configure_logging
 from dspo.runtime import Runtime
-from dspo.services.users import ensure_user
+from dspo.services.users import ROLES, ensure_user
 from dspo.settings import get_settings
 
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     user = commands.add_parser("user", help="users").add_subparsers(dest="user_command", required=True)
     create = user.add_parser("create", help="create a user, or reset its password and role")
     create.add_argument("username")
-    create.add_argument("--role", choices=["admin", "annotator"], default="annotator")
+    create.add_argument("--role", choices=list(ROLES), default="annotator")
     create.add_argument("--password", help="default: asked for on the terminal")
     create.add_argument("--generate-password", action="store_true", help="make one up and print it")
     create.set_defaults(func=cmd_user_create)

@@ -66,7 +66,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(16))  # admin | annotator
+    role: Mapped[str] = mapped_column(String(16))  # admin | reviewer | annotator
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -114,6 +114,19 @@ class Project(Base):
     # with this probability, decided by a hash of (seed, its bytes' sha256) — seeded and repeatable.
     held_out_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     held_out_seed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ProjectMember(Base):
+    """A reviewer or annotator who works on a project: they see, lease and fetch the images of the
+    projects they are members of only. Admins see every project and need no membership."""
+
+    __tablename__ = "project_members"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -191,7 +191,8 @@ class Simulation:
         self.admin.close()
 
     def _account(self, number: int) -> tuple[str, str]:
-        """An annotator account named <prefix>-p<project>-<number>, with a fresh password."""
+        """An annotator account named <prefix>-p<project>-<number>, with a fresh password, a member of
+        the project."""
         username, password = f"{self.prefix}-p{self.project_id}-{number}", secrets.token_urlsafe(16)
         body = {"username": username, "password": password, "role": "annotator"}
         response = self.admin.post(f"{API}/users", json=body)
@@ -203,7 +204,9 @@ class Simulation:
             change = {"password": password, "is_active": True}
             _check(self.admin.patch(f"{API}/users/{user['id']}", json=change), f"reset {username}")
         else:
-            _check(response, f"create {username}")
+            user = _check(response, f"create {username}").json()
+        member = self.admin.put(f"{API}/projects/{self.project_id}/members/{user['id']}")
+        _check(member, f"add {username} to project {self.project_id}")
         return username, password
 
     def _annotate(self, number: int, password: str, report: AnnotatorReport) -> None:

@@ -20,6 +20,16 @@ def login(client: httpx.Client, username: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+def add_members(client: httpx.Client, admin: dict[str, str], project_id: int, *usernames: str) -> None:
+    """Make these users members of the project, through the API."""
+    found = client.get("/api/v1/users", headers=admin)
+    assert found.status_code == 200, found.text
+    ids = {user["username"]: user["id"] for user in found.json()}
+    for name in usernames:
+        added = client.put(f"/api/v1/projects/{project_id}/members/{ids[name]}", headers=admin)
+        assert added.status_code == 200, added.text
+
+
 def png_bytes(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
     """A small photo-like image: smooth shapes plus texture, so segments and candidates differ."""
     rng = np.random.default_rng(seed)

@@ -1,4 +1,5 @@
-"""Images for signed-in users, with immutable caching: every URL here always names the same bytes.
+"""Images for signed-in users, of the projects they are members of (admins see all), with immutable
+caching: every URL here always names the same bytes.
 
 Lookups use a read-only session (on SQLite no writer waits while a PNG renders); the bytes are not
 read or rendered at all when the browser already has them (If-None-Match)."""
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from annotation_server.deps import AdminUser, CurrentUser, ReadSession, RuntimeDep
 from annotation_server.schemas import BigIdPath, IdPath, errors
-from dspo.services import images
+from dspo.services import images, members
 from dspo.services.images import ImageRef
 
 router = APIRouter(prefix="/images", tags=["images"], responses=errors(401, 404, 422))
@@ -30,7 +31,10 @@ def _png(request: Request, ref: ImageRef) -> Response:
 
 
 @router.get("/sources/{source_id}/lq", response_class=Response, responses=PNG)
-def source_lq(source_id: IdPath, request: Request, _: CurrentUser, session: ReadSession, runtime: RuntimeDep):
+def source_lq(
+    source_id: IdPath, request: Request, user: CurrentUser, session: ReadSession, runtime: RuntimeDep
+):
+    members.require_source(session, user, source_id)
     ref = images.source_image(session, runtime.blobs, source_id, "lq")
     return _png(request, ref)
 
@@ -43,16 +47,18 @@ def source_hq(source_id: IdPath, request: Request, _: AdminUser, session: ReadSe
 
 @router.get("/candidates/{candidate_id}", response_class=Response, responses=PNG)
 def candidate_image(
-    candidate_id: IdPath, request: Request, _: CurrentUser, session: ReadSession, runtime: RuntimeDep
+    candidate_id: IdPath, request: Request, user: CurrentUser, session: ReadSession, runtime: RuntimeDep
 ):
+    members.require_candidate(session, user, candidate_id)
     ref = images.candidate_image(session, runtime.blobs, candidate_id)
     return _png(request, ref)
 
 
 @router.get("/instances/{instance_id}/mask", response_class=Response, responses=PNG)
 def instance_mask(
-    instance_id: IdPath, request: Request, _: CurrentUser, session: ReadSession, runtime: RuntimeDep
+    instance_id: IdPath, request: Request, user: CurrentUser, session: ReadSession, runtime: RuntimeDep
 ):
+    members.require_instance(session, user, instance_id)
     ref = images.mask_image(session, runtime.blobs, instance_id)
     return _png(request, ref)
 
@@ -62,12 +68,13 @@ def task_candidate(
     task_id: BigIdPath,
     candidate_id: IdPath,
     request: Request,
-    _: CurrentUser,
+    user: CurrentUser,
     session: ReadSession,
     runtime: RuntimeDep,
     outline: bool = True,
 ):
     """The candidate cropped to the task's instance, with the mask outline unless outline=false."""
+    members.require_task(session, user, task_id)
     ref = images.task_candidate(
         session, runtime.blobs, runtime.settings.storage_root, task_id, candidate_id, outline=outline
     )
@@ -78,11 +85,12 @@ def task_candidate(
 def task_lq(
     task_id: BigIdPath,
     request: Request,
-    _: CurrentUser,
+    user: CurrentUser,
     session: ReadSession,
     runtime: RuntimeDep,
     method: Annotated[Literal["bicubic", "nearest"], Query()] = "bicubic",
 ):
     """The LQ reference upsampled to SR size (bicubic or nearest) and cropped like the candidates."""
+    members.require_task(session, user, task_id)
     ref = images.task_lq(session, runtime.blobs, runtime.settings.storage_root, task_id, method)
     return _png(request, ref)

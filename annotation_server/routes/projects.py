@@ -9,6 +9,7 @@ from annotation_server.deps import AdminUser, CurrentUser, ReadSession, RuntimeD
 from annotation_server.schemas import (
     IdPath,
     Limit,
+    MemberOut,
     Offset,
     ProjectCreate,
     ProjectOut,
@@ -22,7 +23,7 @@ from annotation_server.schemas import (
 )
 from dspo.errors import InvalidInput
 from dspo.models import Project, Source
-from dspo.services import projects, stats, uploads
+from dspo.services import members, projects, stats, uploads
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
@@ -51,8 +52,9 @@ UPLOAD_BODY: dict[str, Any] = {
 
 
 @router.get("", response_model=list[ProjectOut], responses=errors(401))
-def list_projects(_: CurrentUser, session: ReadSession) -> list[Project]:
-    return projects.list_projects(session)
+def list_projects(user: CurrentUser, session: ReadSession) -> list[Project]:
+    """Every project for an admin; the projects you are a member of otherwise."""
+    return members.visible_projects(session, user)
 
 
 @router.post(
@@ -66,8 +68,8 @@ def create_project(body: ProjectCreate, _: AdminUser, session: WriteSession, run
 
 
 @router.get("/{project_id}", response_model=ProjectOut, responses=errors(401, 404, 422))
-def read_project(project_id: IdPath, _: CurrentUser, session: ReadSession) -> Project:
-    return projects.get_project(session, project_id)
+def read_project(project_id: IdPath, user: CurrentUser, session: ReadSession) -> Project:
+    return members.require_project(session, user, project_id)
 
 
 @router.patch("/{project_id}", response_model=ProjectOut, responses=errors(401, 403, 404, 400, 413, 422))
@@ -126,3 +128,27 @@ def list_sources(
 @router.get("/{project_id}/stats", response_model=ProjectStats, responses=errors(401, 403, 404, 422))
 def project_stats(project_id: IdPath, _: AdminUser, session: ReadSession) -> ProjectStats:
     return stats.project_stats(session, project_id)
+
+
+@router.get("/{project_id}/members", response_model=list[MemberOut], responses=errors(401, 403, 404, 422))
+def list_members(project_id: IdPath, _: AdminUser, session: ReadSession) -> list[members.Member]:
+    """The reviewers and annotators who work on the project (admins see every project anyway)."""
+    return members.list_members(session, project_id)
+
+
+@router.put("/{project_id}/members/{user_id}", response_model=MemberOut, responses=errors(401, 403, 404, 422))
+def add_member(project_id: IdPath, user_id: IdPath, _: AdminUser, session: WriteSession) -> members.Member:
+    """Make a user a member of the project: they see it, lease its tasks and fetch its images. Adding a
+    member again changes nothing."""
+    return members.add_member(session, project_id, user_id)
+
+
+@router.delete(
+    "/{project_id}/members/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(401, 403, 404, 422),
+)
+def remove_member(project_id: IdPath, user_id: IdPath, _: AdminUser, session: WriteSession) -> None:
+    """End a membership: the project disappears for the user, and the tasks they hold leases on in it
+    go back to the pool at once. Their answers stay."""
+    members.remove_member(session, project_id, user_id)

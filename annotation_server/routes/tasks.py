@@ -18,7 +18,7 @@ from annotation_server.schemas import (
 )
 from dspo import assign
 from dspo.models import Vote
-from dspo.services import stats, votes
+from dspo.services import members, stats, votes
 
 router = APIRouter(tags=["annotation"])
 
@@ -65,7 +65,7 @@ def next_task(
     task = votes.lease_next(
         session,
         project_id=project_id,
-        user_id=user.id,
+        user=user,
         lease_seconds=runtime.settings.lease_seconds,
         position=position,
     )
@@ -97,7 +97,7 @@ def vote(
     recorded, created = votes.record_vote(
         session,
         task_id=task_id,
-        user_id=user.id,
+        user=user,
         data=data,
         replaces_submission_id=body.replaces_submission_id,
     )
@@ -116,7 +116,7 @@ def skip(
 ) -> Vote | Row[Any]:
     """Skip a task: it is never offered to you again and does not count towards its votes."""
     data = assign.VoteInput(outcome="skip", client_submission_id=body.client_submission_id)
-    recorded, created = votes.record_vote(session, task_id=task_id, user_id=user.id, data=data)
+    recorded, created = votes.record_vote(session, task_id=task_id, user=user, data=data)
     return _answer(recorded, created, response)
 
 
@@ -127,13 +127,14 @@ def skip(
 )
 def release(task_id: BigIdPath, user: CurrentUser, session: WriteSession) -> None:
     """Give back a leased task unanswered; it may be offered to you again later."""
-    votes.release(session, task_id=task_id, user_id=user.id)
+    votes.release(session, task_id=task_id, user=user)
 
 
 @router.get("/tasks/{task_id}/votes", response_model=list[VoteOut], responses=errors(401, 404, 422))
 def task_votes(task_id: BigIdPath, user: CurrentUser, session: ReadSession) -> list[Vote]:
-    """Admins see every vote on the task; annotators only their own."""
-    return votes.task_votes(session, task_id, user_id=user.id, is_admin=user.role == "admin")
+    """Admins, and reviewers of the task's project, see every vote on the task; annotators only
+    their own."""
+    return votes.task_votes(session, task_id, user=user)
 
 
 @router.get("/projects/{project_id}/progress", response_model=ProgressOut, responses=errors(401, 404, 422))
@@ -146,4 +147,5 @@ def progress(
     ] = None,
 ) -> stats.Progress:
     """Your progress in a project, for the annotation page."""
+    members.require_project(session, user, project_id)
     return stats.annotator_progress(session, project_id, user.id, since)

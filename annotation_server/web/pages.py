@@ -3,6 +3,7 @@ CSRF token, which annotation_server.deps checks like for any cookie-authenticate
 handlers call the same services as the REST routes; their errors become HTML pages (see
 annotation_server.errors)."""
 
+import json
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -26,24 +27,33 @@ from annotation_server.deps import (
     user_for_token,
 )
 from annotation_server.schemas import (
+    INT32_MAX,
+    BuildRequest,
     IdPath,
     LoginForm,
+    Offset,
     ProjectCreate,
     ProjectFilter,
     ProjectUpdate,
     UserCreate,
+    UserUpdate,
     validation_message,
 )
+from annotation_server.web.markdown import render_markdown
 from dspo.db import utcnow
 from dspo.errors import Forbidden, InvalidInput, TooManyRequests, Unauthorized
+from dspo.exports import EXPORTS
+from dspo.generators import generator_names
 from dspo.labelstudio import bridge as labelstudio_bridge
-from dspo.services import jobs, projects, stats, tokens, users
+from dspo.services import datasets, jobs, members, projects, stats, tokens, users
 from dspo.services.tokens import Principal
 
 LOGIN_CSRF_COOKIE = "dspo_login_csrf"
+RECORDS_PER_PAGE = 24
 M = TypeVar("M", bound=BaseModel)
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.filters["markdown"] = render_markdown
 router = APIRouter(include_in_schema=False)
 
 
@@ -67,7 +77,7 @@ PageUser = Annotated[Principal, Depends(page_user)]
 
 async def page_admin(user: PageUser) -> Principal:
     if user.role != "admin":
-        raise Forbidden("This page is for admins. Your account is an annotator account.")
+        raise Forbidden(f"This page is for admins. Your account is a {user.role} account.")
     return user
 
 
@@ -147,15 +157,23 @@ def logout(request: Request, _: CurrentUser, session: WriteSession, cache: Token
 def home(request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
     context = {
         "user": user,
-        "projects": projects.list_projects(session),
+        "projects": members.visible_projects(session, user),
         "left": stats.open_tasks_left(session, user.id),
     }
     return render(request, "projects.html", context)
 
 
+@router.get("/me", response_class=HTMLResponse)
+def my_page(request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
+    """The signed-in user's own page: their progress in each of their projects."""
+    mine = members.visible_projects(session, user)
+    progress = [(project, stats.annotator_progress(session, project.id, user.id, None)) for project in mine]
+    return render(request, "me.html", {"user": user, "progress": progress})
+
+
 @router.get("/projects/{project_id}/annotate", response_class=HTMLResponse)
 def annotate(project_id: IdPath, request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
-    project = projects.get_project(session, project_id)
+    project = members.require_project(session, user, project_id)
     return render(request, "annotate.html", {"user": user, "project": project})
 
 
@@ -169,6 +187,7 @@ def admin_projects(
         "progress": stats.projects_progress(session),
         "no_progress": stats.ProjectProgress(),
         "defaults": runtime.settings,
+        "generators": generator_names(),
     }
     return render(request, "admin_projects.html", context)
 
@@ -182,22 +201,55 @@ def admin_create_project(
     instructions: Annotated[str, Form()] = "",
     n_candidates: Annotated[int | None, Form()] = None,
     overlap: Annotated[int | None, Form()] = None,
+    scale: Annotated[int | None, Form()] = None,
     generator: Annotated[str, Form()] = "classical",
+    generator_settings: Annotated[str, Form()] = "",
+    segmenter: Annotated[str, Form()] = "regions",
+    segmenter_settings: Annotated[str, Form()] = "",
+    min_area_fraction: Annotated[float | None, Form()] = None,
+    contested_threshold: Annotated[float | None, Form()] = None,
+    image_level_tasks: Annotated[bool | None, Form()] = None,
     require_content: Annotated[bool, Form()] = False,
     require_defect: Annotated[bool, Form()] = False,
 ) -> RedirectResponse:
+    """The New project form: the options of POST /api/v1/projects; an empty or missing field takes
+    its default (FastAPI reads an empty form field as missing). A checkbox whose default is on comes
+    after a hidden "false" of the same name: the last value wins, so unticked is false and a post
+    without the field keeps the default."""
+    fields = {
+        "n_candidates": n_candidates,
+        "overlap": overlap,
+        "scale": scale,
+        "generator_settings": _json_field("generator settings", generator_settings),
+        "segmenter_settings": _json_field("segmenter settings", segmenter_settings),
+        "min_area_fraction": min_area_fraction,
+        "contested_threshold": contested_threshold,
+        "image_level_tasks": image_level_tasks,
+    }
     body = _validated(
         ProjectCreate,
         name=name,
         instructions=instructions,
-        n_candidates=n_candidates,
-        overlap=overlap,
         generator=generator,
+        segmenter=segmenter,
         require_content=require_content,
         require_defect=require_defect,
+        **{key: value for key, value in fields.items() if value is not None},
     )
     project = projects.create_project(session, runtime.settings, body.model_dump())
     return RedirectResponse(f"/admin/projects/{project.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _json_field(what: str, text: str) -> Any:
+    """A form's JSON text as a value (empty: None, the default)."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(
+            f'The {what} are not valid JSON ({exc}); write an object such as {{"key": 1}}.'
+        ) from None
 
 
 @router.get("/admin/projects/{project_id}", response_class=HTMLResponse)
@@ -211,8 +263,26 @@ def admin_project(
         "progress": stats.projects_progress(session, project_id).get(project_id),
         "recent": stats.recent_descriptions(session, project_id),
         "labelstudio": labelstudio_bridge.status(session, project_id),
+        "members": members.list_members(session, project_id),
+        "users": users.list_users(session),
     }
     return render(request, "admin_project.html", context)
+
+
+@router.post("/admin/projects/{project_id}/members")
+def admin_add_member(
+    project_id: IdPath, _: AdminUser, session: WriteSession, user_id: Annotated[int, Form(ge=1, le=INT32_MAX)]
+) -> RedirectResponse:
+    members.add_member(session, project_id, user_id)
+    return RedirectResponse(f"/admin/projects/{project_id}#members", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/admin/projects/{project_id}/members/{user_id}/remove")
+def admin_remove_member(
+    project_id: IdPath, user_id: IdPath, _: AdminUser, session: WriteSession
+) -> RedirectResponse:
+    members.remove_member(session, project_id, user_id)
+    return RedirectResponse(f"/admin/projects/{project_id}#members", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/admin/projects/{project_id}/settings")
@@ -232,6 +302,76 @@ def admin_project_settings(
     )
     projects.update_project(session, project_id, changes.model_dump(exclude_none=True))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/admin/projects/{project_id}/datasets", response_class=HTMLResponse)
+def admin_datasets(
+    project_id: IdPath, request: Request, user: PageAdmin, session: ReadSession
+) -> HTMLResponse:
+    """A project's dataset versions (counts, drops by reason, live build progress, downloads) and the
+    build form."""
+    views = datasets.list_with_jobs(session, project_id)
+    context = {
+        "user": user,
+        "project": projects.get_project(session, project_id),
+        "views": views,
+        "active": any(v.dataset.state in ("queued", "building") for v in views),
+        "defaults": BuildRequest(),
+        "exports": EXPORTS,
+    }
+    return render(request, "admin_datasets.html", context)
+
+
+@router.post("/admin/projects/{project_id}/datasets")
+def admin_build_dataset(
+    project_id: IdPath,
+    _: AdminUser,
+    runtime: RuntimeDep,
+    min_votes: Annotated[str, Form()] = "",
+    min_agreement: Annotated[float, Form()] = 0.5,
+    image_level: Annotated[bool | None, Form()] = None,
+    val_fraction: Annotated[float, Form()] = 0.1,
+    seed: Annotated[int, Form()] = 0,
+    exports: Annotated[list[str] | None, Form()] = None,
+    shard_size: Annotated[int, Form()] = 1000,
+) -> RedirectResponse:
+    body = _validated(
+        BuildRequest,
+        min_votes=min_votes or None,
+        min_agreement=min_agreement,
+        **({} if image_level is None else {"image_level": image_level}),
+        val_fraction=val_fraction,
+        seed=seed,
+        exports=exports or [],
+        shard_size=shard_size,
+    )
+    datasets.build(runtime, project_id, body.model_dump(exclude={"up_to_vote_id"}), None)
+    return RedirectResponse(f"/admin/projects/{project_id}/datasets", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/admin/datasets/{dataset_id}/records", response_class=HTMLResponse)
+def admin_dataset_records(
+    dataset_id: IdPath,
+    request: Request,
+    user: PageAdmin,
+    session: ReadSession,
+    runtime: RuntimeDep,
+    offset: Offset = 0,
+    split: Annotated[str | None, Query(pattern="^(train|val)$")] = None,
+) -> HTMLResponse:
+    """A published dataset's records, a page at a time, with thumbnails of winner, loser and mask."""
+    dataset = datasets.published(session, dataset_id)
+    page = datasets.records(runtime, dataset, offset=offset, limit=RECORDS_PER_PAGE, split=split)
+    context = {
+        "user": user,
+        "dataset": dataset,
+        "project": projects.get_project(session, dataset.project_id),
+        "page": page,
+        "tasks": datasets.record_tasks(session, page.records),
+        "split": split,
+        "per_page": RECORDS_PER_PAGE,
+    }
+    return render(request, "admin_records.html", context)
 
 
 @router.get("/admin/jobs", response_class=HTMLResponse)
@@ -259,6 +399,7 @@ def admin_users(request: Request, user: PageAdmin, session: ReadSession) -> HTML
     context = {
         "user": user,
         "users": users.list_users(session),
+        "roles": users.ROLES,
         "counts": users.answer_counts(session, since=utcnow() - timedelta(days=1)),
     }
     return render(request, "admin_users.html", context)
@@ -274,4 +415,23 @@ def admin_create_user(
 ) -> RedirectResponse:
     body = _validated(UserCreate, username=username, password=password, role=role)
     users.create_user(session, body.username, body.password, body.role)
+    return RedirectResponse("/admin/users", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/admin/users/{user_id}")
+def admin_update_user(
+    user_id: IdPath,
+    admin: AdminUser,
+    session: WriteSession,
+    cache: TokenCacheDep,
+    role: Annotated[str | None, Form()] = None,
+    is_active: Annotated[bool | None, Form()] = None,
+    new_password: Annotated[str | None, Form()] = None,
+) -> RedirectResponse:
+    """One of the Users page's per-user forms: change the role, (de)activate, or set a new password
+    (which, like a deactivation, ends every token and session of the user)."""
+    changes = _validated(UserUpdate, role=role or None, is_active=is_active, password=new_password or None)
+    users.update_user(
+        session, cache, user_id, acting_user_id=admin.id, **changes.model_dump(exclude_none=True)
+    )
     return RedirectResponse("/admin/users", status_code=status.HTTP_303_SEE_OTHER)

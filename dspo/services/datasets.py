@@ -17,7 +17,7 @@ from dspo.dataset_format import sha256_file
 from dspo.datasets import BuildSettings, DatasetBuildError, published_file, records_path, request_dataset
 from dspo.errors import Conflict, InvalidInput, NotFound
 from dspo.exports import BATCH, KINDS
-from dspo.models import Dataset
+from dspo.models import Dataset, Job, Task
 from dspo.runtime import Runtime
 from dspo.services.projects import get_project
 
@@ -35,6 +35,22 @@ def list_datasets(session: Session, project_id: int) -> list[Dataset]:
     return list(
         session.scalars(select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.version))
     )
+
+
+@dataclass
+class DatasetView:
+    """A dataset version with the job that builds it, for the admin pages."""
+
+    dataset: Dataset
+    job: Job | None
+
+
+def list_with_jobs(session: Session, project_id: int) -> list[DatasetView]:
+    """The project's dataset versions, newest first, each with its build job (progress, message)."""
+    found = list_datasets(session, project_id)
+    job_ids = [d.job_id for d in found if d.job_id is not None]
+    jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
+    return [DatasetView(d, jobs.get(d.job_id) if d.job_id else None) for d in reversed(found)]
 
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset:
@@ -129,6 +145,25 @@ def records(
         is_image = pc.field("instance_id").is_null()
         table = table.filter(is_image if kind == "image" else ~is_image)
     return RecordsPage(table.num_rows, offset, limit, table.slice(offset, limit).to_pylist())
+
+
+def record_tasks(session: Session, records: list[dict[str, Any]]) -> dict[str, int]:
+    """Record id -> the id of the task it came from (by source and instance; a whole-image record
+    has no instance), for records whose task still exists: the pages show its crops. Records name
+    sources and instances by their database ids, as text."""
+
+    def as_id(value: Any) -> int | None:
+        return int(value) if isinstance(value, str) and value.isdigit() else None
+
+    keys = {r["record_id"]: (as_id(r["source_id"]), as_id(r["instance_id"])) for r in records}
+    sources = {source for source, _ in keys.values() if source is not None}
+    if not sources:
+        return {}
+    rows = session.execute(
+        select(Task.id, Task.source_id, Task.instance_id).where(Task.source_id.in_(sources))
+    )
+    by_key = {(source_id, instance_id): task_id for task_id, source_id, instance_id in rows}
+    return {record_id: by_key[key] for record_id, key in keys.items() if key in by_key}
 
 
 def project_agreement(session: Session, project_id: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from dspo import assign
 from dspo.db import commit_unique, session_scope
 from dspo.errors import Conflict, InvalidInput, NotFound
 from dspo.models import User, Vote
@@ -16,7 +17,9 @@ from dspo.runtime import Runtime
 from dspo.security import hash_password
 from dspo.services import tokens
 
-ROLES = ("admin", "annotator")
+# admin: everything. reviewer: annotates, and sees every answer, in the projects they are members of.
+# annotator: annotates in the projects they are members of and sees their own answers (services.members).
+ROLES = ("admin", "reviewer", "annotator")
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]+$"
 USERNAME_MAX_LENGTH = 64  # User.username
 PASSWORD_MIN_LENGTH = 8
@@ -75,14 +78,15 @@ def update_user(
     is_active: bool | None = None,
 ) -> User:
     """Change a user's password, role or state. A new password or a deactivation revokes all of the
-    user's tokens; any change is forgotten in this process's token cache at once."""
+    user's tokens (web sessions included); a deactivation also gives back the tasks the user holds
+    leases on. Any change is forgotten in this process's token cache at once."""
     if password is not None:
         check_password(password)
     if role is not None:
         check_role(role)
     password_hash = hash_password(password) if password is not None else None
     user = get_user(session, user_id)
-    if user.id == acting_user_id and (role == "annotator" or is_active is False):
+    if user.id == acting_user_id and ((role is not None and role != "admin") or is_active is False):
         raise Conflict("you cannot demote or deactivate yourself")
     if password_hash is not None:
         user.password_hash = password_hash
@@ -92,6 +96,8 @@ def update_user(
         user.is_active = is_active
     if password_hash is not None or is_active is False:
         tokens.delete_user_tokens(session, user.id)
+    if is_active is False:
+        assign.release_user_leases(session, user.id)
     session.commit()
     cache.forget_user(user.id)
     return user

@@ -10,27 +10,28 @@ from sqlalchemy.orm import Session
 
 from dspo import assign
 from dspo.db import utcnow
-from dspo.errors import Conflict, DspoError, NotFound
+from dspo.errors import Conflict, DspoError
 from dspo.metrics import TASKS_LEASED, VOTES_ACCEPTED
-from dspo.models import Task, Vote
-from dspo.services.projects import get_project
+from dspo.models import Vote
+from dspo.services import members
+from dspo.services.tokens import Principal
 
 
 def lease_next(
-    session: Session, *, project_id: int, user_id: int, lease_seconds: int, position: int = 0
+    session: Session, *, project_id: int, user: Principal, lease_seconds: int, position: int = 0
 ) -> assign.LeasedTask | None:
     """The task at `position` of the annotator's queue of leases (see assign.next_task); None when
-    nothing is left for them, NotFound for a project that does not exist."""
+    nothing is left for them, NotFound for a project that does not exist or that they are not a
+    member of (one query, the only statement this adds to assign.next_task)."""
+    members.require_project(session, user, project_id)
     task = assign.next_task(
         session,
         project_id=project_id,
-        user_id=user_id,
+        user_id=user.id,
         now=utcnow(),
         lease_seconds=lease_seconds,
         position=position,
     )
-    if task is None:
-        get_project(session, project_id)
     session.commit()
     if task is not None:
         TASKS_LEASED.inc()
@@ -41,13 +42,15 @@ def record_vote(
     session: Session,
     *,
     task_id: int,
-    user_id: int,
+    user: Principal,
     data: assign.VoteInput,
     replaces_submission_id: str | None = None,
 ) -> tuple[Vote | Row[Any], bool]:
     """Record an answer (or replace an earlier one: undo) and return (vote, created). A replay of a
     submission already recorded returns its vote with created False; a different second answer to the
-    same task, or a reused submission id, is a Conflict."""
+    same task, or a reused submission id, is a Conflict. Only a member of the task's project may."""
+    user_id = user.id
+    members.require_task(session, user, task_id)
     try:
         if replaces_submission_id:
             vote, created = assign.replace_vote(
@@ -82,20 +85,19 @@ def record_vote(
         return replayed, False
 
 
-def release(session: Session, *, task_id: int, user_id: int) -> None:
+def release(session: Session, *, task_id: int, user: Principal) -> None:
     """Give back a leased task unanswered; Conflict if the annotator holds no lease on it."""
-    if session.get(Task, task_id) is None:
-        raise NotFound(f"task {task_id} does not exist")
-    if not assign.release_task(session, task_id=task_id, user_id=user_id):
+    members.require_task(session, user, task_id)
+    if not assign.release_task(session, task_id=task_id, user_id=user.id):
         raise Conflict(f"you hold no lease on task {task_id}")
     session.commit()
 
 
-def task_votes(session: Session, task_id: int, *, user_id: int, is_admin: bool) -> list[Vote]:
-    """Admins see every vote on the task; annotators only their own."""
-    if session.get(Task, task_id) is None:
-        raise NotFound(f"task {task_id} does not exist")
+def task_votes(session: Session, task_id: int, *, user: Principal) -> list[Vote]:
+    """Admins, and reviewers of the task's project, see every vote on the task; annotators only their
+    own."""
+    members.require_task(session, user, task_id)
     stmt = select(Vote).where(Vote.task_id == task_id).order_by(Vote.id)
-    if not is_admin:
-        stmt = stmt.where(Vote.user_id == user_id)
+    if not members.sees_every_answer(user):
+        stmt = stmt.where(Vote.user_id == user.id)
     return list(session.scalars(stmt))

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from annotation_server.main import create_app
 from dspo.cli import ensure_user
 from dspo.runtime import Runtime
-from tests.helpers import login, png_bytes, wait_for_jobs
+from tests.helpers import add_members, login, png_bytes, wait_for_jobs
 
 
 @dataclass
@@ -18,8 +18,15 @@ class Api:
     alice: dict[str, str]
     bob: dict[str, str]
 
-    def make_project(self, *, n_images: int = 1, overlap: int = 2, **fields: object) -> int:
-        """A project with `n_images` small LQ uploads whose jobs have all run."""
+    def make_project(
+        self,
+        *,
+        n_images: int = 1,
+        overlap: int = 2,
+        members: tuple[str, ...] = ("alice", "bob"),
+        **fields: object,
+    ) -> int:
+        """A project with `n_images` small LQ uploads whose jobs have all run, and these members."""
         body = {
             "name": f"p{id(fields)}-{n_images}-{overlap}",
             "n_candidates": 3,
@@ -30,6 +37,7 @@ class Api:
         response = self.client.post("/api/v1/projects", json=body, headers=self.admin)
         assert response.status_code == 201, response.text
         project_id = response.json()["id"]
+        add_members(self.client, self.admin, project_id, *members)
         for seed in range(n_images):
             upload = self.client.post(
                 f"/api/v1/projects/{project_id}/uploads",

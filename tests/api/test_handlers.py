@@ -55,6 +55,38 @@ def test_the_form_and_the_api_create_projects_with_the_same_defaults(api: Api) -
     for name in ("by form", "by api"):
         assert (made_by[name]["n_candidates"], made_by[name]["overlap"]) == (5, 2), name
     assert made_by["by form"]["segmenter"] == made_by["by api"]["segmenter"] == "regions"
+    for field in ("scale", "generator", "min_area_fraction", "image_level_tasks", "contested_threshold"):
+        assert made_by["by form"][field] == made_by["by api"][field], field
+
+
+def test_the_form_offers_the_options_of_the_api(api: Api) -> None:
+    browser, csrf = cookie_session(api, "root", "root-password")
+    form = {
+        "name": "all options",
+        "scale": "2",
+        "generator": "classical",
+        "generator_settings": '{"sharpen": 1.5}',
+        "segmenter": "slic",
+        "segmenter_settings": '{"n_segments": 50}',
+        "min_area_fraction": "0.02",
+        "contested_threshold": "3.5",
+        "image_level_tasks": "false",  # the hidden field before the checkbox; the box is unticked
+        "csrf_token": csrf,
+    }
+    assert browser.post("/admin/projects", data=form, follow_redirects=False).status_code == 303
+    [made] = [
+        p for p in api.client.get("/api/v1/projects", headers=api.admin).json() if p["name"] == "all options"
+    ]
+    assert (made["scale"], made["segmenter"], made["min_area_fraction"], made["contested_threshold"]) == (
+        2,
+        "slic",
+        0.02,
+        3.5,
+    )
+    assert made["generator_settings"] == {"sharpen": 1.5} and made["segmenter_settings"] == {"n_segments": 50}
+    assert made["image_level_tasks"] is False
+    bad = browser.post("/admin/projects", data={**form, "name": "bad", "segmenter_settings": "{nope"})
+    assert bad.status_code == 422 and "not valid JSON" in bad.text
 
 
 def test_page_routes_answer_errors_as_pages_and_the_api_as_json(api: Api) -> None:

@@ -1,7 +1,7 @@
 """Upload → ingest → candidates → instances → tasks, in-process, through the API."""
 
 from tests.api.conftest import Api
-from tests.helpers import png_bytes, wait_for_jobs
+from tests.helpers import add_members, png_bytes, wait_for_jobs
 
 
 def test_upload_runs_the_whole_pipeline(api: Api) -> None:
@@ -16,6 +16,7 @@ def test_upload_runs_the_whole_pipeline(api: Api) -> None:
 
 def test_hq_upload_is_degraded_with_recorded_parameters(api: Api) -> None:
     project = api.client.post("/api/v1/projects", json={"name": "hq", "scale": 2}, headers=api.admin).json()
+    add_members(api.client, api.admin, project["id"], "alice")
     upload = api.client.post(
         f"/api/v1/projects/{project['id']}/uploads",
         files={"file": ("hq.png", png_bytes(96, 64), "image/png")},

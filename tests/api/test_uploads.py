@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.api.conftest import Api
-from tests.helpers import png_bytes
+from tests.helpers import add_members, png_bytes
 
 
 def huge_png(width: int = 30000, height: int = 30000) -> bytes:
@@ -46,7 +46,9 @@ BAD_FILES = {
 
 @pytest.fixture
 def project_id(api: Api) -> int:
-    return api.client.post("/api/v1/projects", json={"name": "uploads"}, headers=api.admin).json()["id"]
+    project_id = api.client.post("/api/v1/projects", json={"name": "uploads"}, headers=api.admin).json()["id"]
+    add_members(api.client, api.admin, project_id, "alice")
+    return project_id
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))

@@ -22,7 +22,7 @@ from dspo.models import Task, Vote
 from dspo.runtime import Runtime
 from dspo.settings import Settings
 from tests.conftest import cannot_run
-from tests.helpers import login, png_bytes, serving, wait_for_jobs
+from tests.helpers import add_members, login, png_bytes, serving, wait_for_jobs
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
@@ -51,11 +51,19 @@ class Site:
     http: httpx.Client
     admin: dict[str, str]
 
-    def make_project(self, name: str, *, images: list[bytes] | None = None, **fields: Any) -> int:
+    def make_project(
+        self,
+        name: str,
+        *,
+        images: list[bytes] | None = None,
+        members: tuple[str, ...] = ("alice", "bob"),
+        **fields: Any,
+    ) -> int:
         body = {"name": name, "n_candidates": 3, "overlap": 1, "min_area_fraction": 0.05, **fields}
         response = self.http.post("/api/v1/projects", json=body, headers=self.admin)
         assert response.status_code == 201, response.text
         project_id = response.json()["id"]
+        add_members(self.http, self.admin, project_id, *members)
         for i, data in enumerate(images or [png_bytes(48, 32, 0)]):
             upload = self.http.post(
                 f"/api/v1/projects/{project_id}/uploads",

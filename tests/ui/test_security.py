@@ -133,9 +133,11 @@ def test_every_page_works_within_its_content_security_policy(site: Site, browser
     admin.wait_for_url(lambda url: "/login" not in url)
     urls = [
         "/",
+        "/me",
         f"/projects/{project_id}/annotate",
         "/admin",
         f"/admin/projects/{project_id}",
+        f"/admin/projects/{project_id}/datasets",
         "/admin/jobs",
         "/admin/users",
     ]

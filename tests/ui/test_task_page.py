@@ -11,6 +11,7 @@ from PIL import Image
 
 from dspo.cli import ensure_user
 from dspo.models import Candidate, Instance, Task
+from tests.helpers import add_members
 from tests.ui.conftest import VIEWPORT, VIEWPORTS, Site, photo_png, screenshot, shown_task
 
 pytestmark = pytest.mark.parametrize("viewport", VIEWPORTS, ids=lambda v: f"{v['width']}x{v['height']}")
@@ -28,13 +29,14 @@ def photo_project(site: Site) -> int:
     )
 
 
-def annotator(site: Site, name: str) -> str:
+def annotator(site: Site, name: str, project_id: int) -> str:
     ensure_user(site.runtime, name, "annotator", f"{name}-password")
+    add_members(site.http, site.admin, project_id, name)
     return name
 
 
 def open_task(new_page: Any, site: Site, viewport: dict, project_id: int, name: str) -> tuple[Any, str]:
-    user = annotator(site, f"{name}-{viewport['width']}")
+    user = annotator(site, f"{name}-{viewport['width']}", project_id)
     page = new_page(user, viewport=viewport)
     page.goto(f"/projects/{project_id}/annotate")
     page.mouse.move(0, 0)  # away from the images: no crosshair in screenshots

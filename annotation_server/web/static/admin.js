@@ -56,6 +56,7 @@
       const form = new FormData();
       form.append("file", file);
       form.append("kind", document.getElementById("kind").value);
+      form.append("prompt", document.getElementById("prompt").value);
       // Unchecked sends nothing: the project's held-out fraction then decides.
       if (document.getElementById("held-out").checked) form.append("held_out", "true");
       xhr.send(form);
