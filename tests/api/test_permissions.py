@@ -10,6 +10,8 @@ are members, and an admin. Rules:
 - MEMBERS: members of the project the path names (and admins); for anyone else the project, task or
   image answers 404, as if it did not exist.
 - ADMIN: admins only (403 for the others).
+- OWN_CREDENTIAL: routes that Label Studio calls with their own credential (a signed, expiring URL or
+  the webhook's shared secret); no user's token or session opens them, an admin's included.
 
 "Allowed" means the request got past authorization: any answer but 401, 403 and (for members) 404,
 and never a 500. Anonymous page requests are sent to the login page."""
@@ -31,6 +33,7 @@ from tests.api.conftest import Api
 from tests.helpers import login, pick
 
 PUBLIC, SIGNED_IN, MEMBERS, ADMIN = "public", "signed in", "members", "admin"
+OWN_CREDENTIAL = "own credential"
 CALLERS = ("anonymous", "outsider", "annotator", "reviewer", "admin")
 
 
@@ -86,6 +89,7 @@ RULES: dict[tuple[str, str], Op] = {
     # API: jobs
     ("GET", f"{API}/jobs"): Op(ADMIN),
     ("GET", f"{API}/jobs/{{job_id}}"): Op(ADMIN),
+    ("POST", f"{API}/jobs/{{job_id}}/retry"): Op(ADMIN),
     # API: annotation
     ("POST", f"{API}/projects/{{project_id}}/next"): Op(MEMBERS),
     ("POST", f"{API}/tasks/{{task_id}}/vote"): Op(MEMBERS, json=_vote),
@@ -112,8 +116,15 @@ RULES: dict[tuple[str, str], Op] = {
     ("PUT", f"{API}/projects/{{project_id}}/model-version"): Op(ADMIN, json={}),
     ("PUT", f"{API}/projects/{{project_id}}/retraining"): Op(ADMIN, json={}),
     ("GET", f"{API}/training-jobs/{{job_id}}/log"): Op(ADMIN),
-    # Meta
+    # API: the Label Studio bridge
+    ("GET", f"{API}/labelstudio/projects/{{project_id}}"): Op(ADMIN),
+    ("GET", f"{API}/labelstudio/images/tasks/{{task_id}}/lq"): Op(OWN_CREDENTIAL),
+    ("GET", f"{API}/labelstudio/images/tasks/{{task_id}}/candidates/{{candidate_id}}"): Op(OWN_CREDENTIAL),
+    ("POST", f"{API}/labelstudio/webhook"): Op(OWN_CREDENTIAL, json={}),
+    # Meta (operators restrict /metrics at the network, as is usual for Prometheus scrapes)
     ("GET", "/healthz"): Op(PUBLIC),
+    ("GET", "/readyz"): Op(PUBLIC),
+    ("GET", "/metrics"): Op(PUBLIC),
     ("GET", "/openapi.json"): Op(PUBLIC),
     ("GET", "/docs"): Op(PUBLIC),
     ("GET", "/docs/oauth2-redirect"): Op(PUBLIC),
@@ -137,6 +148,7 @@ RULES: dict[tuple[str, str], Op] = {
     ("POST", "/admin/projects/{project_id}/datasets"): Op(ADMIN, form={"exports": "trl"}),
     ("GET", "/admin/datasets/{dataset_id}/records"): Op(ADMIN),
     ("GET", "/admin/jobs"): Op(ADMIN),
+    ("POST", "/admin/jobs/{job_id}/retry"): Op(ADMIN, form={}),
     ("GET", "/admin/users"): Op(ADMIN),
     ("POST", "/admin/users"): Op(ADMIN, form={"username": "", "password": ""}),
     ("POST", "/admin/users/{user_id}"): Op(ADMIN, form={"role": "annotator"}),
@@ -216,7 +228,9 @@ def _an_instance(api: Api, project_id: int) -> int:
 
 
 def _is_page(path: str) -> bool:
-    return not path.startswith(("/api/", "/healthz", "/openapi.json", "/docs", "/redoc"))
+    return not path.startswith(
+        ("/api/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc")
+    )
 
 
 def _request(api: Api, fx: Fixture, method: str, path: str, op: Op, caller: str) -> Any:
@@ -248,6 +262,9 @@ def _request(api: Api, fx: Fixture, method: str, path: str, op: Op, caller: str)
 
 def _check(rule: str, caller: str, status: int, is_page: bool, what: str) -> None:
     assert status < 500, what
+    if rule == OWN_CREDENTIAL:
+        assert status in (401, 403, 404, 422), what
+        return
     if rule == PUBLIC:
         assert status not in (401, 403), what
         return
