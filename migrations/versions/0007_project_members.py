@@ -1,7 +1,7 @@
 """project_members: who works on which project; every existing annotator joins every existing project
 
 Revision ID: 0007
-Revises: 0008
+Revises: 0006
 Create Date: 2026-11-30 15:30:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import dspo.models
 
 revision: str = "0007"
-down_revision: str | None = "0008"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

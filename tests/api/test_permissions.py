@@ -86,6 +86,7 @@ RULES: dict[tuple[str, str], Op] = {
     # API: jobs
     ("GET", f"{API}/jobs"): Op(ADMIN),
     ("GET", f"{API}/jobs/{{job_id}}"): Op(ADMIN),
+    ("POST", f"{API}/jobs/{{job_id}}/retry"): Op(ADMIN),
     # API: annotation
     ("POST", f"{API}/projects/{{project_id}}/next"): Op(MEMBERS),
     ("POST", f"{API}/tasks/{{task_id}}/vote"): Op(MEMBERS, json=_vote),
@@ -114,6 +115,8 @@ RULES: dict[tuple[str, str], Op] = {
     ("GET", f"{API}/training-jobs/{{job_id}}/log"): Op(ADMIN),
     # Meta
     ("GET", "/healthz"): Op(PUBLIC),
+    ("GET", "/readyz"): Op(PUBLIC),
+    ("GET", "/metrics"): Op(PUBLIC),  # for Prometheus; counts only, no names or ids
     ("GET", "/openapi.json"): Op(PUBLIC),
     ("GET", "/docs"): Op(PUBLIC),
     ("GET", "/docs/oauth2-redirect"): Op(PUBLIC),
@@ -137,6 +140,7 @@ RULES: dict[tuple[str, str], Op] = {
     ("POST", "/admin/projects/{project_id}/datasets"): Op(ADMIN, form={"exports": "trl"}),
     ("GET", "/admin/datasets/{dataset_id}/records"): Op(ADMIN),
     ("GET", "/admin/jobs"): Op(ADMIN),
+    ("POST", "/admin/jobs/{job_id}/retry"): Op(ADMIN, form={}),
     ("GET", "/admin/users"): Op(ADMIN),
     ("POST", "/admin/users"): Op(ADMIN, form={"username": "", "password": ""}),
     ("POST", "/admin/users/{user_id}"): Op(ADMIN, form={"role": "annotator"}),
@@ -216,7 +220,9 @@ def _an_instance(api: Api, project_id: int) -> int:
 
 
 def _is_page(path: str) -> bool:
-    return not path.startswith(("/api/", "/healthz", "/openapi.json", "/docs", "/redoc"))
+    return not path.startswith(
+        ("/api/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc")
+    )
 
 
 def _request(api: Api, fx: Fixture, method: str, path: str, op: Op, caller: str) -> Any:
