@@ -124,7 +124,7 @@ RULES: dict[tuple[str, str], Op] = {
     # Meta (operators restrict /metrics at the network, as is usual for Prometheus scrapes)
     ("GET", "/healthz"): Op(PUBLIC),
     ("GET", "/readyz"): Op(PUBLIC),
-    ("GET", "/metrics"): Op(PUBLIC),
+    ("GET", "/metrics"): Op(PUBLIC),  # for Prometheus; counts only, no names or ids
     ("GET", "/openapi.json"): Op(PUBLIC),
     ("GET", "/docs"): Op(PUBLIC),
     ("GET", "/docs/oauth2-redirect"): Op(PUBLIC),
