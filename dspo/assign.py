@@ -9,6 +9,25 @@ Lock order is always lease rows before task rows, so reclaiming, voting and rele
 `next` and `vote` are what every annotator calls in a loop, so they are written as a handful of Core
 statements on the tables (no ORM unit of work): a few round trips per request is what makes the loop
 fast. Undo and the lookups after a failed vote, which are rare, load Vote rows through the ORM.
+
+Where `next` starts looking (docs/decisions.md, "Task assignment", has the design and its proof).
+Each annotator has a cursor per project (assign_cursors): the highest task id `next` has looked at
+for them. `next` scans only the open tasks above it, so its cost does not grow with the number of
+open tasks the annotator already answered. What the cursor went past without the annotator holding
+or answering it is kept in assign_rechecks, and `next` looks there first. The invariant, at every
+commit: every open task at or below an annotator's cursor that they have neither answered, skipped
+nor leased has an assign_rechecks row for them. Code outside this module keeps it by calling:
+
+- `lock_new_task_ids(session, project_id)` before inserting tasks into a project, so that task ids
+  become visible in increasing order (a cursor never goes past an id that commits later);
+- `mark_reopened(session, project_id, task_ids)` after anything that makes a task open again or
+  eligible again for someone who answered it: a complete task reopened (undo does it here; reviews
+  or gold tasks would), or a vote deleted;
+- `release_task` / `reclaim_expired_leases` to end a lease without an answer: never delete lease rows
+  directly, because the annotator who held the lease needs a recheck row for the task.
+
+Freeing a slot (a skip, a release, an expiry, undo of an answer) needs nothing more: an open task
+that was full when a cursor went past it has a recheck row already.
 """
 
 import hashlib
@@ -33,10 +52,23 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from dspo.errors import Conflict, InvalidInput, NotFound
-from dspo.models import Candidate, Instance, Lease, Project, Source, Task, Vote, VoteRevision
+from dspo.models import (
+    AssignCursor,
+    AssignRecheck,
+    Candidate,
+    Instance,
+    Lease,
+    Project,
+    Source,
+    Task,
+    Vote,
+    VoteRevision,
+)
 
 COUNTED_OUTCOMES = ("pick", "tie", "all_bad")
 OUTCOMES = (*COUNTED_OUTCOMES, "skip")
@@ -45,6 +77,7 @@ OUTCOMES = (*COUNTED_OUTCOMES, "skip")
 REPLACE_GRACE = timedelta(minutes=10)
 
 tasks, leases, votes = Task.__table__, Lease.__table__, Vote.__table__
+cursors, rechecks = AssignCursor.__table__, AssignRecheck.__table__
 projects, sources, instances, candidates = (
     Project.__table__,
     Source.__table__,
@@ -103,12 +136,16 @@ def shown_order(task_id: int, user_id: int, candidate_ids: list[int]) -> list[in
 
 # The statements of `next` and `vote`, built once: building and hashing a statement costs about as much
 # CPU as running it. Parameters are bound by name at execution.
-_RECLAIM = delete(leases).where(leases.c.expires_at < bindparam("now")).returning(leases.c.task_id)
+_RECLAIM = (
+    delete(leases).where(leases.c.expires_at < bindparam("now")).returning(leases.c.task_id, leases.c.user_id)
+)
 _FREE_SLOTS = (
     update(tasks)
     .where(tasks.c.id == bindparam("tid"))
     .values(slots_taken=tasks.c.slots_taken - bindparam("n", type_=Integer))
+    .returning(tasks.c.project_id)
 )
+_RECHECK = insert(rechecks)
 
 
 # Everything the annotator's view of a leased task needs: the task, its project's instructions and
@@ -147,30 +184,102 @@ _HELD = (
     .limit(bindparam("limit", type_=Integer))
 )
 _LEASED = _TASK_VIEW.where(leases.c.task_id == bindparam("tid"), leases.c.user_id == bindparam("user_id"))
+
+# `next`'s first statement after _HELD, on PostgreSQL: lock the annotator's cursor (so that their
+# concurrent `next` calls take turns), say whether they have recheck rows, and delete expired leases
+# (of any project; lease rows that a vote or release is consuming right now are skipped, so this
+# waits for nobody). Always one row, plus one per reclaimed lease. Plain SQL: see _PICK_AND_LEASE.
+_START_POSTGRES = text(
+    """
+    WITH cursor AS (
+        SELECT last_task_id FROM assign_cursors
+        WHERE project_id = :project_id AND user_id = :user_id
+        FOR UPDATE
+    ), gone AS (
+        DELETE FROM leases WHERE id IN (
+            SELECT id FROM leases WHERE expires_at < :now ORDER BY id FOR UPDATE SKIP LOCKED
+        )
+        RETURNING task_id, user_id
+    )
+    SELECT cursor.last_task_id,
+           EXISTS (
+               SELECT 1 FROM assign_rechecks WHERE project_id = :project_id AND user_id = :user_id
+           ) AS has_rechecks,
+           gone.task_id, gone.user_id
+    FROM (SELECT 1) AS one LEFT JOIN cursor ON true LEFT JOIN gone ON true
+    """
+).bindparams(bindparam("now", type_=leases.c.expires_at.type))
+_CURSOR = select(
+    cursors.c.last_task_id,
+    exists()
+    .where(rechecks.c.project_id == bindparam("project_id"), rechecks.c.user_id == bindparam("user_id"))
+    .label("has_rechecks"),
+).where(cursors.c.project_id == bindparam("project_id"), cursors.c.user_id == bindparam("user_id"))
+_CURSOR_LOCKED = _CURSOR.with_for_update(of=cursors)
+# Creating a cursor waits for anyone reopening tasks of the project (mark_reopened) and makes them
+# wait: they must see every cursor that may go past the tasks they reopen.
+_PROJECT_FOR_NEW_CURSOR = (
+    select(projects.c.id).where(projects.c.id == bindparam("project_id")).with_for_update(read=True)
+)
+# Taken by mark_reopened and lock_new_task_ids: conflicts with the lock above and with itself, not
+# with the foreign-key checks of inserts (KEY SHARE).
+_PROJECT_EXCLUSIVE = (
+    select(projects.c.id).where(projects.c.id == bindparam("project_id")).with_for_update(key_share=True)
+)
+# (Bound names other than the columns': an UPDATE reserves those for its SET clause.)
+_ADVANCE = (
+    update(cursors)
+    .where(cursors.c.project_id == bindparam("in_project"), cursors.c.user_id == bindparam("for_user"))
+    .values(last_task_id=func.max(cursors.c.last_task_id, bindparam("last", type_=Integer)))
+)
+
+_UNTOUCHED = ~exists().where(
+    votes.c.task_id == tasks.c.id, votes.c.user_id == bindparam("user_id")
+) & ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id"))
+_FREE = tasks.c.slots_taken < tasks.c.required_votes
+_MY_RECHECKS = select(rechecks.c.task_id).where(
+    rechecks.c.project_id == bindparam("project_id"), rechecks.c.user_id == bindparam("user_id")
+)
+# The recheck rows that need no more looking at: the task is gone, complete (reopening it adds new
+# rows), or answered, skipped or held by the annotator.
+_DROP_RECHECKS = delete(rechecks).where(
+    rechecks.c.project_id == bindparam("project_id"),
+    rechecks.c.user_id == bindparam("user_id"),
+    or_(
+        rechecks.c.task_id == bindparam("picked", type_=Integer),
+        ~exists().where(tasks.c.id == rechecks.c.task_id, tasks.c.state == "open", _UNTOUCHED),
+    ),
+)
+
 # SQLite: the transaction holds the database's write lock from its start (BEGIN IMMEDIATE), so the
 # pick, the slot and the lease are atomic without row locks.
-_PICK = (
+_PICK_RECHECK = (
     select(tasks.c.id)
-    .where(
-        tasks.c.project_id == bindparam("project_id"),
-        tasks.c.state == "open",
-        tasks.c.slots_taken < tasks.c.required_votes,
-        ~exists().where(votes.c.task_id == tasks.c.id, votes.c.user_id == bindparam("user_id")),
-        ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id")),
-    )
+    .where(tasks.c.id.in_(_MY_RECHECKS), tasks.c.state == "open", _FREE, _UNTOUCHED)
     .order_by(tasks.c.id)
     .limit(1)
 )
+# The open tasks above the cursor, in id order, read until the first one the annotator can take; the
+# ones read before it are full or theirs already.
+_SCAN = (
+    select(tasks.c.id, (_FREE & _UNTOUCHED).label("eligible"), _UNTOUCHED.label("untouched"))
+    .where(
+        tasks.c.project_id == bindparam("project_id"),
+        tasks.c.state == "open",
+        tasks.c.id > bindparam("after", type_=Integer),
+    )
+    .order_by(tasks.c.id)
+)
 _TAKE_SLOT = update(tasks).where(tasks.c.id == bindparam("tid")).values(slots_taken=tasks.c.slots_taken + 1)
 _LEASE = insert(leases)
+
 # PostgreSQL: pick a task (its row locked, rows locked by others skipped), take a slot and insert the
 # lease in one round trip. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in an
-# UPDATE CTE. Same conditions as _PICK.
-_PICK_AND_LEASE = text(
-    """
-    WITH picked AS (
+# UPDATE CTE. {candidates} is where the task may come from.
+_PICK_AND_LEASE_CTES = """
+    picked AS (
         SELECT id FROM tasks
-        WHERE project_id = :project_id AND state = 'open' AND slots_taken < required_votes
+        WHERE {candidates} AND state = 'open' AND slots_taken < required_votes
           AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id)
           AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)
         ORDER BY id
@@ -179,16 +288,66 @@ _PICK_AND_LEASE = text(
     ), taken AS (
         UPDATE tasks SET slots_taken = tasks.slots_taken + 1 FROM picked WHERE tasks.id = picked.id
         RETURNING tasks.id
-    )
-    INSERT INTO leases (task_id, user_id, expires_at, created_at)
-    SELECT id, :user_id, :expires_at, :now FROM taken
-    RETURNING task_id
-    """
-).bindparams(
-    bindparam("expires_at", type_=leases.c.expires_at.type), bindparam("now", type_=leases.c.created_at.type)
+    ), leased AS (
+        INSERT INTO leases (task_id, user_id, expires_at, created_at)
+        SELECT id, :user_id, :expires_at, :now FROM taken
+        RETURNING task_id
+    )"""
+_UNTOUCHED_SQL = """
+    NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id)
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)"""
+_LEASE_TIMES = (
+    bindparam("expires_at", type_=leases.c.expires_at.type),
+    bindparam("now", type_=leases.c.created_at.type),
 )
+# From the recheck rows; drops the rows that need no more looking at (as _DROP_RECHECKS).
+_PICK_RECHECK_AND_LEASE = text(
+    "WITH"
+    + _PICK_AND_LEASE_CTES.format(
+        candidates="id IN (SELECT task_id FROM assign_rechecks "
+        "WHERE project_id = :project_id AND user_id = :user_id)"
+    )
+    + f"""
+    , dropped AS (
+        DELETE FROM assign_rechecks
+        WHERE project_id = :project_id AND user_id = :user_id
+          AND (task_id IN (SELECT task_id FROM leased)
+               OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = assign_rechecks.task_id
+                              AND tasks.state = 'open' AND {_UNTOUCHED_SQL}))
+    )
+    SELECT task_id FROM leased
+    """
+).bindparams(*_LEASE_TIMES)
+# Above the cursor: besides the pick, record the open tasks it went past that the annotator neither
+# answered nor holds (full, or locked by someone else right now) as recheck rows, and move the cursor
+# to the task leased or, when there is none, to the last open task. `bound` limits the second scan
+# to the range the first one read (an index bound, so it stops there).
+_PICK_AND_LEASE = text(
+    "WITH"
+    + _PICK_AND_LEASE_CTES.format(candidates="project_id = :project_id AND id > :after")
+    + f"""
+    , passed AS (
+        SELECT id FROM tasks
+        WHERE project_id = :project_id AND state = 'open' AND id > :after
+          AND id < COALESCE((SELECT id FROM picked), 9223372036854775807)
+          AND {_UNTOUCHED_SQL}
+    ), recorded AS (
+        INSERT INTO assign_rechecks (project_id, user_id, task_id)
+        SELECT :project_id, :user_id, id FROM passed
+    ), advanced AS (
+        UPDATE assign_cursors SET last_task_id = GREATEST(last_task_id, COALESCE(
+            (SELECT id FROM picked),
+            (SELECT max(id) FROM tasks WHERE project_id = :project_id AND state = 'open'),
+            :after))
+        WHERE project_id = :project_id AND user_id = :user_id
+    )
+    SELECT task_id FROM leased
+    """
+).bindparams(*_LEASE_TIMES)
 _TASK_FOR_VOTE = (
     select(
+        tasks.c.project_id,
+        tasks.c.state,
         tasks.c.required_votes,
         tasks.c.vote_count,
         tasks.c.slots_taken,
@@ -221,12 +380,58 @@ def _postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def _free_reclaimed(session: Session, reclaimed: list[tuple[int, int]]) -> None:
+    """Free the slots of these (task, annotator) leases, just deleted, and give each annotator a
+    recheck row for their task: their cursor went past it while they held it."""
+    project_of = {}
+    for task_id, n in sorted(Counter(task for task, _ in reclaimed).items()):
+        project_of[task_id] = session.scalar(_FREE_SLOTS, {"tid": task_id, "n": n})
+    session.execute(
+        _RECHECK,
+        [
+            {"project_id": project_of[task], "user_id": user, "task_id": task}
+            for task, user in sorted(reclaimed)
+        ],
+    )
+
+
 def reclaim_expired_leases(session: Session, now: datetime) -> int:
     """Free the slots of leases that ran out; each expired lease is freed exactly once."""
-    task_ids = session.scalars(_RECLAIM, {"now": now}).all()
-    for task_id, n in sorted(Counter(task_ids).items()):
-        session.execute(_FREE_SLOTS, {"tid": task_id, "n": n})
-    return len(task_ids)
+    reclaimed = [(row.task_id, row.user_id) for row in session.execute(_RECLAIM, {"now": now})]
+    if reclaimed:
+        _free_reclaimed(session, reclaimed)
+    return len(reclaimed)
+
+
+def lock_new_task_ids(session: Session, project_id: int) -> None:
+    """Call before inserting tasks into a project, in the same transaction. Task ids come from a
+    sequence, so two transactions could commit them out of order, and a cursor that went past the
+    higher id would never see the lower one. With this lock the transactions that add tasks to one
+    project take turns, so the ids of a project become visible in increasing order."""
+    session.execute(_PROJECT_EXCLUSIVE, {"project_id": project_id})
+
+
+def mark_reopened(session: Session, project_id: int, task_ids: list[int]) -> None:
+    """Call after making these tasks eligible again for annotators whose cursor may have gone past
+    them: a complete task made open again, or a vote deleted. Every annotator with a cursor in the
+    project who has no vote on a task gets a recheck row for it (rows for annotators who cannot take
+    it are dropped by their next `next`). The project lock makes an annotator's first `next` in the
+    project, which creates their cursor, either finish before (its cursor is seen here) or start
+    after this transaction (it sees the tasks open)."""
+    session.execute(_PROJECT_EXCLUSIVE, {"project_id": project_id})
+    for task_id in sorted(task_ids):
+        session.execute(
+            insert(rechecks).from_select(
+                ["project_id", "user_id", "task_id"],
+                select(cursors.c.project_id, cursors.c.user_id, cast(bindparam("tid"), Integer)).where(
+                    cursors.c.project_id == bindparam("project_id"),
+                    ~exists().where(
+                        votes.c.task_id == bindparam("tid"), votes.c.user_id == cursors.c.user_id
+                    ),
+                ),
+            ),
+            {"project_id": project_id, "tid": task_id},
+        )
 
 
 def _leased_task(row: Row[Any]) -> LeasedTask:
@@ -245,6 +450,46 @@ def _leased_task(row: Row[Any]) -> LeasedTask:
     )
 
 
+@dataclass
+class _Cursor:
+    """The annotator's cursor, locked for this transaction, and whether recheck rows may be waiting."""
+
+    after: int
+    has_rechecks: bool
+
+
+def _start(session: Session, *, project_id: int, user_id: int, now: datetime) -> _Cursor | None:
+    """Lock (or create) the annotator's cursor and reclaim expired leases; None if the project does
+    not exist."""
+    params = {"project_id": project_id, "user_id": user_id, "now": now}
+    if _postgres(session):
+        rows = session.execute(_START_POSTGRES, params).all()
+        reclaimed = [(r.task_id, r.user_id) for r in rows if r.task_id is not None]
+        if reclaimed:
+            _free_reclaimed(session, reclaimed)
+        found = rows[0]
+        if any(user == user_id for _, user in reclaimed) and found.last_task_id is not None:
+            # The flag was read before these recheck rows were written.
+            return _Cursor(found.last_task_id, True)
+    else:
+        reclaim_expired_leases(session, now)
+        found = session.execute(_CURSOR, params).first()
+    if found is not None and found.last_task_id is not None:
+        return _Cursor(found.last_task_id, found.has_rechecks)
+
+    if session.execute(_PROJECT_FOR_NEW_CURSOR, params).first() is None:
+        return None
+    dialect_insert = pg_insert if _postgres(session) else sqlite_insert
+    session.execute(
+        dialect_insert(cursors)
+        .values(project_id=project_id, user_id=user_id, last_task_id=0)
+        .on_conflict_do_nothing(index_elements=["project_id", "user_id"])
+    )
+    # Another `next` of the same annotator may have created it first and moved it on.
+    row = session.execute(_CURSOR_LOCKED, params).one()
+    return _Cursor(row.last_task_id, row.has_rechecks)
+
+
 def next_task(
     session: Session, *, project_id: int, user_id: int, now: datetime, lease_seconds: int, position: int = 0
 ) -> LeasedTask | None:
@@ -259,33 +504,99 @@ def next_task(
     if len(held) > position:
         return _leased_task(held[position])
 
-    reclaim_expired_leases(session, now)
+    cursor = _start(session, project_id=project_id, user_id=user_id, now=now)
+    if cursor is None:
+        return None
     leased = None
     for _ in range(position + 1 - len(held)):
-        leased = _lease_new(session, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds)
+        leased = _lease_new(
+            session, cursor, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds
+        )
         if leased is None:
             return None
     return leased
 
 
 def _lease_new(
-    session: Session, *, project_id: int, user_id: int, now: datetime, seconds: int
+    session: Session, cursor: _Cursor, *, project_id: int, user_id: int, now: datetime, seconds: int
 ) -> LeasedTask | None:
-    expires_at = now + timedelta(seconds=seconds)
-    if _postgres(session):
-        params = {"project_id": project_id, "user_id": user_id, "expires_at": expires_at, "now": now}
-        task_id = session.scalar(_PICK_AND_LEASE, params)
-        if task_id is None:
-            return None
-    else:
-        task_id = session.scalar(_PICK, {"project_id": project_id, "user_id": user_id})
-        if task_id is None:
-            return None
-        session.execute(_TAKE_SLOT, {"tid": task_id})
-        session.execute(
-            _LEASE, {"task_id": task_id, "user_id": user_id, "expires_at": expires_at, "created_at": now}
-        )
+    """Lease the first task the annotator can take: from their recheck rows (all at or below the
+    cursor), else the first above the cursor. Both in id order, so this is the task the plain query
+    (the first open task by id with a free slot that they neither answered nor hold) would give."""
+    params = {
+        "project_id": project_id,
+        "user_id": user_id,
+        "expires_at": now + timedelta(seconds=seconds),
+        "now": now,
+    }
+    take = _take_postgres if _postgres(session) else _take_sqlite
+    task_id = take(session, cursor, params, from_rechecks=True) if cursor.has_rechecks else None
+    if task_id is None:
+        task_id = take(session, cursor, params, from_rechecks=False)
+    if task_id is None and not cursor.has_rechecks:
+        # The flag was read before waiting for the cursor lock: look once more before saying none.
+        task_id = take(session, cursor, params, from_rechecks=True)
+    if task_id is None:
+        return None
     return _leased_task(session.execute(_LEASED, {"tid": task_id, "user_id": user_id}).one())
+
+
+def _take_postgres(
+    session: Session, cursor: _Cursor, params: dict[str, Any], *, from_rechecks: bool
+) -> int | None:
+    if from_rechecks:
+        task_id = session.scalar(_PICK_RECHECK_AND_LEASE, params)
+        cursor.has_rechecks = task_id is not None  # what remains is full or taken for now
+        return task_id
+    task_id = session.scalar(_PICK_AND_LEASE, {**params, "after": cursor.after})
+    if task_id is not None:
+        cursor.after = task_id
+    return task_id
+
+
+def _take_sqlite(
+    session: Session, cursor: _Cursor, params: dict[str, Any], *, from_rechecks: bool
+) -> int | None:
+    if from_rechecks:
+        task_id = session.scalar(_PICK_RECHECK, params)
+        session.execute(_DROP_RECHECKS, {**params, "picked": task_id or 0})
+        cursor.has_rechecks = task_id is not None
+    else:
+        task_id, passed, last = None, [], cursor.after
+        result = session.execute(_SCAN, {**params, "after": cursor.after})
+        for row in result:  # SQLite computes rows as they are fetched: this stops at the pick
+            last = row.id
+            if row.eligible:
+                task_id = row.id
+                break
+            if row.untouched:
+                passed.append(row.id)
+        result.close()
+        if passed:
+            session.execute(
+                _RECHECK,
+                [
+                    {"project_id": params["project_id"], "user_id": params["user_id"], "task_id": t}
+                    for t in passed
+                ],
+            )
+        session.execute(
+            _ADVANCE, {"in_project": params["project_id"], "for_user": params["user_id"], "last": last}
+        )
+        cursor.after = max(cursor.after, last)
+    if task_id is None:
+        return None
+    session.execute(_TAKE_SLOT, {"tid": task_id})
+    session.execute(
+        _LEASE,
+        {
+            "task_id": task_id,
+            "user_id": params["user_id"],
+            "expires_at": params["expires_at"],
+            "created_at": params["now"],
+        },
+    )
+    return task_id
 
 
 def _take_lease(session: Session, task_id: int, user_id: int) -> bool:
@@ -467,6 +778,9 @@ def replace_vote(
     elif was_counted and not counted:
         slots, count = slots - 1, count - 1
     _set_counts(session, task_id, task.required_votes, slots, count)
+    if task.state == "complete" and count < task.required_votes:
+        # Open again: cursors went past it while it was complete.
+        mark_reopened(session, task.project_id, [task_id])
 
     session.add(
         VoteRevision(
@@ -495,5 +809,7 @@ def release_task(session: Session, *, task_id: int, user_id: int) -> bool:
     """Give a leased task back without answering; False if the annotator held no lease on it."""
     if not _take_lease(session, task_id, user_id):
         return False
-    session.execute(_FREE_SLOTS, {"tid": task_id, "n": 1})
+    project_id = session.scalar(_FREE_SLOTS, {"tid": task_id, "n": 1})
+    # Their cursor went past the task while they held it: `next` must offer it to them again.
+    session.execute(_RECHECK, {"project_id": project_id, "user_id": user_id, "task_id": task_id})
     return True
