@@ -38,6 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Integer,
     Row,
     String,
@@ -186,9 +187,9 @@ _HELD = (
 _LEASED = _TASK_VIEW.where(leases.c.task_id == bindparam("tid"), leases.c.user_id == bindparam("user_id"))
 
 # `next`'s first statement after _HELD, on PostgreSQL: lock the annotator's cursor (so that their
-# concurrent `next` calls take turns), say whether they have recheck rows, and delete expired leases
-# (of any project; lease rows that a vote or release is consuming right now are skipped, so this
-# waits for nobody). Always one row, plus one per reclaimed lease. Plain SQL: see _PICK_AND_LEASE.
+# concurrent `next` calls take turns) and delete expired leases (of any project; lease rows that a
+# vote or a release is consuming right now are skipped, so this waits for nobody). Always one row,
+# plus one per reclaimed lease. Plain SQL: see _PICK_AND_LEASE.
 _START_POSTGRES = text(
     """
     WITH cursor AS (
@@ -201,11 +202,7 @@ _START_POSTGRES = text(
         )
         RETURNING task_id, user_id
     )
-    SELECT cursor.last_task_id,
-           EXISTS (
-               SELECT 1 FROM assign_rechecks WHERE project_id = :project_id AND user_id = :user_id
-           ) AS has_rechecks,
-           gone.task_id, gone.user_id
+    SELECT cursor.last_task_id, gone.task_id, gone.user_id
     FROM (SELECT 1) AS one LEFT JOIN cursor ON true LEFT JOIN gone ON true
     """
 ).bindparams(bindparam("now", type_=leases.c.expires_at.type))
@@ -226,65 +223,89 @@ _PROJECT_FOR_NEW_CURSOR = (
 _PROJECT_EXCLUSIVE = (
     select(projects.c.id).where(projects.c.id == bindparam("project_id")).with_for_update(key_share=True)
 )
+
+# SQLite: the transaction holds the database's write lock from its start (BEGIN IMMEDIATE), so the
+# pick, the slot and the lease are atomic without row locks, and each step can be its own statement.
+_UNTOUCHED = ~exists().where(
+    votes.c.task_id == tasks.c.id, votes.c.user_id == bindparam("user_id")
+) & ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id"))
+_FREE = tasks.c.slots_taken < tasks.c.required_votes
+_AFTER = bindparam("after", type_=Integer)
+# Recheck rows count at or below the cursor only: above it, the scan sees the task anyway.
+_PICK_RECHECK = (
+    select(tasks.c.id)
+    .where(
+        tasks.c.id.in_(
+            select(rechecks.c.task_id).where(
+                rechecks.c.project_id == bindparam("project_id"),
+                rechecks.c.user_id == bindparam("user_id"),
+                rechecks.c.task_id <= _AFTER,
+            )
+        ),
+        tasks.c.state == "open",
+        _FREE,
+        _UNTOUCHED,
+    )
+    .order_by(tasks.c.id)
+    .limit(1)
+)
+# The recheck rows that need no more looking at: the task was just leased, is above the cursor, gone,
+# complete (reopening it adds new rows), or answered, skipped or held by the annotator.
+_DROP_RECHECKS = delete(rechecks).where(
+    rechecks.c.project_id == bindparam("project_id"),
+    rechecks.c.user_id == bindparam("user_id"),
+    or_(
+        rechecks.c.task_id == bindparam("picked", type_=Integer),
+        rechecks.c.task_id > _AFTER,
+        ~exists().where(tasks.c.id == rechecks.c.task_id, tasks.c.state == "open", _UNTOUCHED),
+    ),
+)
+# The open tasks above the cursor, in id order, read until the first one the annotator can take; the
+# ones read before it are full, locked, or theirs already.
+_SCAN = (
+    select(tasks.c.id, (_FREE & _UNTOUCHED).label("eligible"), _UNTOUCHED.label("untouched"))
+    .where(tasks.c.project_id == bindparam("project_id"), tasks.c.state == "open", tasks.c.id > _AFTER)
+    .order_by(tasks.c.id)
+)
 # (Bound names other than the columns': an UPDATE reserves those for its SET clause.)
 _ADVANCE = (
     update(cursors)
     .where(cursors.c.project_id == bindparam("in_project"), cursors.c.user_id == bindparam("for_user"))
     .values(last_task_id=func.max(cursors.c.last_task_id, bindparam("last", type_=Integer)))
 )
-
-_UNTOUCHED = ~exists().where(
-    votes.c.task_id == tasks.c.id, votes.c.user_id == bindparam("user_id")
-) & ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id"))
-_FREE = tasks.c.slots_taken < tasks.c.required_votes
-_MY_RECHECKS = select(rechecks.c.task_id).where(
-    rechecks.c.project_id == bindparam("project_id"), rechecks.c.user_id == bindparam("user_id")
-)
-# The recheck rows that need no more looking at: the task is gone, complete (reopening it adds new
-# rows), or answered, skipped or held by the annotator.
-_DROP_RECHECKS = delete(rechecks).where(
-    rechecks.c.project_id == bindparam("project_id"),
-    rechecks.c.user_id == bindparam("user_id"),
-    or_(
-        rechecks.c.task_id == bindparam("picked", type_=Integer),
-        ~exists().where(tasks.c.id == rechecks.c.task_id, tasks.c.state == "open", _UNTOUCHED),
-    ),
-)
-
-# SQLite: the transaction holds the database's write lock from its start (BEGIN IMMEDIATE), so the
-# pick, the slot and the lease are atomic without row locks.
-_PICK_RECHECK = (
-    select(tasks.c.id)
-    .where(tasks.c.id.in_(_MY_RECHECKS), tasks.c.state == "open", _FREE, _UNTOUCHED)
-    .order_by(tasks.c.id)
-    .limit(1)
-)
-# The open tasks above the cursor, in id order, read until the first one the annotator can take; the
-# ones read before it are full or theirs already.
-_SCAN = (
-    select(tasks.c.id, (_FREE & _UNTOUCHED).label("eligible"), _UNTOUCHED.label("untouched"))
-    .where(
-        tasks.c.project_id == bindparam("project_id"),
-        tasks.c.state == "open",
-        tasks.c.id > bindparam("after", type_=Integer),
-    )
-    .order_by(tasks.c.id)
-)
 _TAKE_SLOT = update(tasks).where(tasks.c.id == bindparam("tid")).values(slots_taken=tasks.c.slots_taken + 1)
 _LEASE = insert(leases)
 
-# PostgreSQL: pick a task (its row locked, rows locked by others skipped), take a slot and insert the
-# lease in one round trip. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in an
-# UPDATE CTE. {candidates} is where the task may come from.
-_PICK_AND_LEASE_CTES = """
-    picked AS (
+# PostgreSQL: the whole pick in one statement and one snapshot. The first task the annotator can
+# take among their recheck rows at or below the cursor (`rechecked`), else above the cursor
+# (`scanned`, not run when `rechecked` found one); its row locked, rows locked by others skipped.
+# Then: take the slot, insert the lease; record as recheck rows the open tasks the scan went past
+# that the annotator neither answered nor holds (full, or locked right now); move the cursor to the
+# task scanned, or to the last open task when the scan found none; drop the recheck rows that need
+# no more looking at (as _DROP_RECHECKS). `passed` re-reads the range `scanned` read, bounded by its
+# pick so that the index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE
+# nested in an UPDATE CTE.
+_UNTOUCHED_SQL = """
+    AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id)
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)"""
+_PICK_AND_LEASE = text(
+    f"""
+    WITH rechecked AS (
         SELECT id FROM tasks
-        WHERE {candidates} AND state = 'open' AND slots_taken < required_votes
-          AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id)
-          AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)
-        ORDER BY id
-        LIMIT 1
+        WHERE id IN (SELECT task_id FROM assign_rechecks
+                     WHERE project_id = :project_id AND user_id = :user_id AND task_id <= :after)
+          AND state = 'open' AND slots_taken < required_votes {_UNTOUCHED_SQL}
+        ORDER BY id LIMIT 1
         FOR UPDATE SKIP LOCKED
+    ), scanned AS (
+        SELECT id FROM tasks
+        WHERE project_id = :project_id AND state = 'open' AND id > :after
+          AND slots_taken < required_votes {_UNTOUCHED_SQL}
+          AND NOT EXISTS (SELECT 1 FROM rechecked)
+        ORDER BY id LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        SELECT id FROM rechecked UNION ALL SELECT id FROM scanned
     ), taken AS (
         UPDATE tasks SET slots_taken = tasks.slots_taken + 1 FROM picked WHERE tasks.id = picked.id
         RETURNING tasks.id
@@ -292,58 +313,35 @@ _PICK_AND_LEASE_CTES = """
         INSERT INTO leases (task_id, user_id, expires_at, created_at)
         SELECT id, :user_id, :expires_at, :now FROM taken
         RETURNING task_id
-    )"""
-_UNTOUCHED_SQL = """
-    NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id)
-    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)"""
-_LEASE_TIMES = (
-    bindparam("expires_at", type_=leases.c.expires_at.type),
-    bindparam("now", type_=leases.c.created_at.type),
-)
-# From the recheck rows; drops the rows that need no more looking at (as _DROP_RECHECKS).
-_PICK_RECHECK_AND_LEASE = text(
-    "WITH"
-    + _PICK_AND_LEASE_CTES.format(
-        candidates="id IN (SELECT task_id FROM assign_rechecks "
-        "WHERE project_id = :project_id AND user_id = :user_id)"
-    )
-    + f"""
-    , dropped AS (
-        DELETE FROM assign_rechecks
-        WHERE project_id = :project_id AND user_id = :user_id
-          AND (task_id IN (SELECT task_id FROM leased)
-               OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = assign_rechecks.task_id
-                              AND tasks.state = 'open' AND {_UNTOUCHED_SQL}))
-    )
-    SELECT task_id FROM leased
-    """
-).bindparams(*_LEASE_TIMES)
-# Above the cursor: besides the pick, record the open tasks it went past that the annotator neither
-# answered nor holds (full, or locked by someone else right now) as recheck rows, and move the cursor
-# to the task leased or, when there is none, to the last open task. `bound` limits the second scan
-# to the range the first one read (an index bound, so it stops there).
-_PICK_AND_LEASE = text(
-    "WITH"
-    + _PICK_AND_LEASE_CTES.format(candidates="project_id = :project_id AND id > :after")
-    + f"""
-    , passed AS (
+    ), passed AS (
         SELECT id FROM tasks
         WHERE project_id = :project_id AND state = 'open' AND id > :after
-          AND id < COALESCE((SELECT id FROM picked), 9223372036854775807)
-          AND {_UNTOUCHED_SQL}
+          AND id < COALESCE((SELECT id FROM scanned), 9223372036854775807) {_UNTOUCHED_SQL}
+          AND NOT EXISTS (SELECT 1 FROM rechecked)
     ), recorded AS (
         INSERT INTO assign_rechecks (project_id, user_id, task_id)
         SELECT :project_id, :user_id, id FROM passed
     ), advanced AS (
         UPDATE assign_cursors SET last_task_id = GREATEST(last_task_id, COALESCE(
-            (SELECT id FROM picked),
+            (SELECT id FROM scanned),
+            (SELECT :after FROM rechecked),
             (SELECT max(id) FROM tasks WHERE project_id = :project_id AND state = 'open'),
             :after))
         WHERE project_id = :project_id AND user_id = :user_id
+    ), dropped AS (
+        DELETE FROM assign_rechecks
+        WHERE project_id = :project_id AND user_id = :user_id
+          AND (task_id > :after OR task_id IN (SELECT id FROM rechecked)
+               OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = assign_rechecks.task_id
+                              AND tasks.state = 'open' {_UNTOUCHED_SQL}))
     )
     SELECT task_id FROM leased
     """
-).bindparams(*_LEASE_TIMES)
+).bindparams(
+    bindparam("expires_at", type_=leases.c.expires_at.type),
+    bindparam("now", type_=leases.c.created_at.type),
+    bindparam("after", type_=BigInteger),
+)
 _TASK_FOR_VOTE = (
     select(
         tasks.c.project_id,
@@ -452,10 +450,11 @@ def _leased_task(row: Row[Any]) -> LeasedTask:
 
 @dataclass
 class _Cursor:
-    """The annotator's cursor, locked for this transaction, and whether recheck rows may be waiting."""
+    """The annotator's cursor, locked for this transaction, and (SQLite) whether they have recheck
+    rows, so that `next` can skip looking at them."""
 
     after: int
-    has_rechecks: bool
+    has_rechecks: bool = True
 
 
 def _start(session: Session, *, project_id: int, user_id: int, now: datetime) -> _Cursor | None:
@@ -467,15 +466,13 @@ def _start(session: Session, *, project_id: int, user_id: int, now: datetime) ->
         reclaimed = [(r.task_id, r.user_id) for r in rows if r.task_id is not None]
         if reclaimed:
             _free_reclaimed(session, reclaimed)
-        found = rows[0]
-        if any(user == user_id for _, user in reclaimed) and found.last_task_id is not None:
-            # The flag was read before these recheck rows were written.
-            return _Cursor(found.last_task_id, True)
+        if rows[0].last_task_id is not None:
+            return _Cursor(rows[0].last_task_id)
     else:
         reclaim_expired_leases(session, now)
         found = session.execute(_CURSOR, params).first()
-    if found is not None and found.last_task_id is not None:
-        return _Cursor(found.last_task_id, found.has_rechecks)
+        if found is not None:
+            return _Cursor(found.last_task_id, found.has_rechecks)
 
     if session.execute(_PROJECT_FOR_NEW_CURSOR, params).first() is None:
         return None
@@ -520,82 +517,67 @@ def next_task(
 def _lease_new(
     session: Session, cursor: _Cursor, *, project_id: int, user_id: int, now: datetime, seconds: int
 ) -> LeasedTask | None:
-    """Lease the first task the annotator can take: from their recheck rows (all at or below the
-    cursor), else the first above the cursor. Both in id order, so this is the task the plain query
-    (the first open task by id with a free slot that they neither answered nor hold) would give."""
+    """Lease the first task the annotator can take: from their recheck rows at or below the cursor,
+    else the first above the cursor. Every task at or below the cursor that they can take has a
+    recheck row, so this is the task the plain query (the first open task by id with a free slot that
+    they neither answered nor hold) would give."""
     params = {
         "project_id": project_id,
         "user_id": user_id,
         "expires_at": now + timedelta(seconds=seconds),
         "now": now,
+        "after": cursor.after,
     }
-    take = _take_postgres if _postgres(session) else _take_sqlite
-    task_id = take(session, cursor, params, from_rechecks=True) if cursor.has_rechecks else None
-    if task_id is None:
-        task_id = take(session, cursor, params, from_rechecks=False)
-    if task_id is None and not cursor.has_rechecks:
-        # The flag was read before waiting for the cursor lock: look once more before saying none.
-        task_id = take(session, cursor, params, from_rechecks=True)
+    if _postgres(session):
+        task_id = session.scalar(_PICK_AND_LEASE, params)
+        if task_id is not None:
+            cursor.after = max(cursor.after, task_id)
+    else:
+        task_id = _pick_sqlite(session, cursor, params)
+        if task_id is not None:
+            session.execute(_TAKE_SLOT, {"tid": task_id})
+            session.execute(
+                _LEASE,
+                {
+                    "task_id": task_id,
+                    "user_id": user_id,
+                    "expires_at": params["expires_at"],
+                    "created_at": now,
+                },
+            )
     if task_id is None:
         return None
     return _leased_task(session.execute(_LEASED, {"tid": task_id, "user_id": user_id}).one())
 
 
-def _take_postgres(
-    session: Session, cursor: _Cursor, params: dict[str, Any], *, from_rechecks: bool
-) -> int | None:
-    if from_rechecks:
-        task_id = session.scalar(_PICK_RECHECK_AND_LEASE, params)
-        cursor.has_rechecks = task_id is not None  # what remains is full or taken for now
-        return task_id
-    task_id = session.scalar(_PICK_AND_LEASE, {**params, "after": cursor.after})
-    if task_id is not None:
-        cursor.after = task_id
-    return task_id
-
-
-def _take_sqlite(
-    session: Session, cursor: _Cursor, params: dict[str, Any], *, from_rechecks: bool
-) -> int | None:
-    if from_rechecks:
+def _pick_sqlite(session: Session, cursor: _Cursor, params: dict[str, Any]) -> int | None:
+    """What _PICK_AND_LEASE picks, and the same recheck rows and cursor move, in separate steps."""
+    if cursor.has_rechecks:
         task_id = session.scalar(_PICK_RECHECK, params)
         session.execute(_DROP_RECHECKS, {**params, "picked": task_id or 0})
-        cursor.has_rechecks = task_id is not None
-    else:
-        task_id, passed, last = None, [], cursor.after
-        result = session.execute(_SCAN, {**params, "after": cursor.after})
-        for row in result:  # SQLite computes rows as they are fetched: this stops at the pick
-            last = row.id
-            if row.eligible:
-                task_id = row.id
-                break
-            if row.untouched:
-                passed.append(row.id)
-        result.close()
-        if passed:
-            session.execute(
-                _RECHECK,
-                [
-                    {"project_id": params["project_id"], "user_id": params["user_id"], "task_id": t}
-                    for t in passed
-                ],
+        cursor.has_rechecks = task_id is not None  # what is left is full for now
+        if task_id is not None:
+            return task_id
+    task_id, passed, last = None, [], cursor.after
+    result = session.execute(_SCAN, params)
+    for row in result:  # SQLite computes rows as they are fetched: this stops at the pick
+        last = row.id
+        if row.eligible:
+            task_id = row.id
+            break
+        if row.untouched:
+            passed.append(
+                {"project_id": params["project_id"], "user_id": params["user_id"], "task_id": row.id}
             )
+    result.close()
+    if passed:
+        session.execute(_RECHECK, passed)
+        cursor.has_rechecks = True
+    if last != cursor.after:
         session.execute(
             _ADVANCE, {"in_project": params["project_id"], "for_user": params["user_id"], "last": last}
         )
-        cursor.after = max(cursor.after, last)
-    if task_id is None:
-        return None
-    session.execute(_TAKE_SLOT, {"tid": task_id})
-    session.execute(
-        _LEASE,
-        {
-            "task_id": task_id,
-            "user_id": params["user_id"],
-            "expires_at": params["expires_at"],
-            "created_at": params["now"],
-        },
-    )
+        cursor.after = last
     return task_id
 
 

@@ -268,3 +268,76 @@ def test_next_matches_the_plain_query_under_random_interleavings(database_url: s
             assert session.scalar(select(func.count()).select_from(AssignCursor)) == N_ANNOTATORS
     finally:
         engine.dispose()
+
+
+def test_no_task_is_lost_when_annotators_race(database_url: str) -> None:
+    """Eight annotators in threads, each its own session, doing the same operations at once (leases
+    of 1 s, so that some expire mid-task). Then each asks for tasks until `next` has none: by then the
+    plain query must have none for them either, and the cursor invariant must hold."""
+    import threading
+
+    from dspo.db import utcnow
+
+    project_id = bulk_load(database_url, 60, required_votes=K)
+    create_annotators(database_url, 8)
+    engine = make_engine(database_url, pool_size=10)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        users = list(session.scalars(select(User.id).order_by(User.id)))
+    failures: list[BaseException] = []
+
+    def work(user_id: int, seed: int) -> None:
+        world = World(sessions, project_id, users, seed)
+        rng = world.rng
+        try:
+            for _ in range(60):
+                with sessions() as session:
+                    task = assign.next_task(
+                        session, project_id=project_id, user_id=user_id, now=utcnow(), lease_seconds=1
+                    )
+                    session.commit()
+                if task is None:
+                    continue
+                world.now = utcnow()
+                roll = rng.random()
+                if roll < 0.1:
+                    world.release(user_id)
+                elif roll < 0.2:
+                    world.skip(user_id)
+                elif roll < 0.3:
+                    world.undo(user_id)
+                else:
+                    world.vote(user_id)
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+
+    try:
+        threads = [threading.Thread(target=work, args=(u, i)) for i, u in enumerate(users)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not failures, failures
+        later = utcnow() + timedelta(seconds=5)  # every lease has expired
+        for user_id in users:
+            while True:
+                with sessions() as session:
+                    expected = reference_next(
+                        session, project_id=project_id, user_id=user_id, now=later, position=0
+                    )
+                    session.rollback()
+                    task = assign.next_task(
+                        session, project_id=project_id, user_id=user_id, now=later, lease_seconds=60
+                    )
+                    session.commit()
+                assert (task and task.id) == expected
+                if task is None:
+                    break
+                with sessions() as session:
+                    data = assign.VoteInput(outcome="skip", client_submission_id=f"end-{task.id}-{user_id}")
+                    assign.submit_vote(session, task_id=task.id, user_id=user_id, data=data, now=later)
+                    session.commit()
+        with sessions() as session:
+            check_consistent(session, project_id)
+    finally:
+        engine.dispose()
