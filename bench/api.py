@@ -1058,6 +1058,8 @@ def run_loop(args: argparse.Namespace, backend: str, size: int, url: str, tmp: P
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Stopped with SIGTERM: unwind, so that the servers stop and the database is dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows: list[Row] = []
     if "loop" in args.scenarios:
         print(HEADER)

@@ -4,7 +4,10 @@ A task wants ``required_votes`` answers. ``Task.slots_taken`` counts the accepte
 leases; a lease reserves one slot for one annotator until it expires, so that two annotators never
 fill the same last slot. `next` locks the task row it picks (FOR UPDATE SKIP LOCKED on PostgreSQL;
 SQLite serialises writers with BEGIN IMMEDIATE), so the slot check and the lease are one atomic step.
-Lock order is always lease rows before task rows, so reclaiming, voting and releasing cannot deadlock.
+Lock order is always lease rows before task rows, so reclaiming, voting and releasing cannot deadlock;
+`next` locks the annotator's cursor row before either. The project row locks below (mark_reopened,
+lock_new_task_ids, a `next` creating a cursor) may be taken after task rows: a `next` that holds the
+project row waits for no other lock afterwards (it skips locked rows), so no cycle can form.
 
 `next` and `vote` are what every annotator calls in a loop, so they are written as a handful of Core
 statements on the tables (no ORM unit of work): a few round trips per request is what makes the loop
@@ -285,9 +288,14 @@ _LEASE = insert(leases)
 # no more looking at (as _DROP_RECHECKS). `passed` re-reads the range `scanned` read, bounded by its
 # pick so that the index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE
 # nested in an UPDATE CTE.
+#
+# The NOT EXISTS probes end in OFFSET 0, which keeps PostgreSQL from turning them into anti-joins:
+# for an annotator with many answers the planner otherwise merges the scan with all their votes in
+# task order, reading every vote below the cursor (20k answers: 11 ms instead of 0.1).
 _UNTOUCHED_SQL = """
-    AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id)
-    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)"""
+    AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id OFFSET 0)
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id
+                    OFFSET 0)"""
 _PICK_AND_LEASE = text(
     f"""
     WITH rechecked AS (
