@@ -356,6 +356,8 @@ def _load_postgres(url: str, tables: Iterator[Rows]) -> None:
         # guesses, and a benchmark should not measure a guess that production never sees for long.
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")
+        # Write the load out now, not during the first measured run (it made that run slower).
+        conn.execute("CHECKPOINT")
 
 
 def _load_sqlite(path: str, tables: Iterator[Rows]) -> None:
@@ -864,6 +866,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="long: think time in seconds of each annotator, comma list",
     )
     parser.add_argument("--baseline-checkout", default="", help="git revision to compare with, e.g. main")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="loop: runs of each code, alternating with the baseline's"
+    )
     args = parser.parse_args(argv)
     args.backends = [b for b in args.backends.split(",") if b]
     args.clients = [c for c in args.clients.split(",") if c]
@@ -890,12 +895,16 @@ def checkout(revision: str) -> Iterator[Path]:
         yield Path(folder)
 
 
-def codes(args: argparse.Namespace) -> Iterator[tuple[str, Path | None]]:
-    """(label, code folder) of the server code under test: this checkout, then the baseline if any."""
-    yield "this checkout", None
-    if args.baseline_checkout:
-        with checkout(args.baseline_checkout) as folder:
-            yield f"baseline {args.baseline_checkout}", folder
+def codes(args: argparse.Namespace, repeat: int = 1) -> Iterator[tuple[str, Path | None]]:
+    """(label, code folder) of the server code under test: this checkout, then the baseline if any;
+    `repeat` times, alternating which goes first, so that neither is always measured first."""
+    if not args.baseline_checkout:
+        yield from [("this checkout", None)] * repeat
+        return
+    with checkout(args.baseline_checkout) as folder:
+        pair = [("this checkout", None), (f"baseline {args.baseline_checkout}", folder)]
+        for run in range(repeat):
+            yield from pair if run % 2 == 0 else pair[::-1]
 
 
 def check_log(server: Server) -> None:
@@ -1031,7 +1040,7 @@ def run_loop(args: argparse.Namespace, backend: str, size: int, url: str, tmp: P
     """The matrix of the loop, all tasks open at the start of each configuration."""
     rows: list[Row] = []
     names = create_annotators(url, max(args.concurrency))
-    for label, code in codes(args):
+    for label, code in codes(args, args.repeat):
         tokens: list[str] = []
         for workers in args.workers:
             with serve(url, workers=workers, workdir=tmp, code=code) as server:

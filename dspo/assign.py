@@ -245,6 +245,7 @@ _PICK_RECHECK = (
                 rechecks.c.task_id <= _AFTER,
             )
         ),
+        tasks.c.project_id == bindparam("project_id"),
         tasks.c.state == "open",
         _FREE,
         _UNTOUCHED,
@@ -252,15 +253,21 @@ _PICK_RECHECK = (
     .order_by(tasks.c.id)
     .limit(1)
 )
-# The recheck rows that need no more looking at: the task was just leased, is above the cursor, gone,
-# complete (reopening it adds new rows), or answered, skipped or held by the annotator.
+# The recheck rows that need no more looking at: the task was just leased, is above the cursor, gone
+# (or not in this project), complete (reopening it adds new rows), or answered, skipped or held by
+# the annotator.
 _DROP_RECHECKS = delete(rechecks).where(
     rechecks.c.project_id == bindparam("project_id"),
     rechecks.c.user_id == bindparam("user_id"),
     or_(
         rechecks.c.task_id == bindparam("picked", type_=Integer),
         rechecks.c.task_id > _AFTER,
-        ~exists().where(tasks.c.id == rechecks.c.task_id, tasks.c.state == "open", _UNTOUCHED),
+        ~exists().where(
+            tasks.c.id == rechecks.c.task_id,
+            tasks.c.project_id == rechecks.c.project_id,
+            tasks.c.state == "open",
+            _UNTOUCHED,
+        ),
     ),
 )
 # The open tasks above the cursor, in id order, read until the first one the annotator can take; the
@@ -289,20 +296,21 @@ _LEASE = insert(leases)
 # pick so that the index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE
 # nested in an UPDATE CTE.
 #
-# The NOT EXISTS probes end in OFFSET 0, which keeps PostgreSQL from turning them into anti-joins:
-# for an annotator with many answers the planner otherwise merges the scan with all their votes in
-# task order, reading every vote below the cursor (20k answers: 11 ms instead of 0.1).
+# The votes probe ends in OFFSET 0, which keeps PostgreSQL from turning it into an anti-join: for an
+# annotator with many answers the planner otherwise merges the scan with all their votes in task
+# order, reading every vote below the cursor (20k answers: 11 ms instead of 0.1). The leases probe
+# stays a join: the caller's leases are one or two rows, and as a per-row probe the planner would
+# read the whole (small, much-rewritten) leases table for every task.
 _UNTOUCHED_SQL = """
     AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id OFFSET 0)
-    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id
-                    OFFSET 0)"""
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)"""
 _PICK_AND_LEASE = text(
     f"""
     WITH rechecked AS (
         SELECT id FROM tasks
         WHERE id IN (SELECT task_id FROM assign_rechecks
                      WHERE project_id = :project_id AND user_id = :user_id AND task_id <= :after)
-          AND state = 'open' AND slots_taken < required_votes {_UNTOUCHED_SQL}
+          AND project_id = :project_id AND state = 'open' AND slots_taken < required_votes {_UNTOUCHED_SQL}
         ORDER BY id LIMIT 1
         FOR UPDATE SKIP LOCKED
     ), scanned AS (
@@ -341,7 +349,7 @@ _PICK_AND_LEASE = text(
         WHERE project_id = :project_id AND user_id = :user_id
           AND (task_id > :after OR task_id IN (SELECT id FROM rechecked)
                OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = assign_rechecks.task_id
-                              AND tasks.state = 'open' {_UNTOUCHED_SQL}))
+                              AND tasks.project_id = :project_id AND tasks.state = 'open' {_UNTOUCHED_SQL}))
     )
     SELECT task_id FROM leased
     """
