@@ -9,6 +9,20 @@ server on purpose: that is the setting the targets are stated for.
     python -m bench.api                                  # the default matrix (a few minutes)
     python -m bench.api --backends postgres --sizes 1000000 --concurrency 8 --workers 1,2 --duration 20
 
+Scenarios (``--scenarios``, default ``loop``):
+
+- ``loop``: the matrix above; every configuration starts from all tasks open.
+- ``ahead``: one annotator N tasks ahead of the others (``--ahead 0,10000,100000,500000``): their
+  answers to the first N tasks are inserted in bulk, each task still open (1 of k answers), and that
+  annotator alone runs the loop; `next` p50/p99 per N.
+- ``long``: annotators of different speeds (think times ``--speeds``) work for ``--long-duration``
+  seconds without a reset, so the fast ones get ahead; `next` p50/p99 per ``--window`` seconds.
+
+``--baseline-checkout REF`` runs every scenario a second time with the server code of that git
+revision (``git archive`` into a temp dir, put first on the server's PYTHONPATH), on the same database
+(migrated by this checkout; the old code ignores tables it does not know), so that the table compares
+before and after on the same machine in the same minutes.
+
 Latencies are measured by the client, so they include its own (GIL-bound) overhead.
 """
 
@@ -31,6 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -342,6 +357,8 @@ def _load_postgres(url: str, tables: Iterator[Rows]) -> None:
         # guesses, and a benchmark should not measure a guess that production never sees for long.
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")
+        # Write the load out now, not during the first measured run (it made that run slower).
+        conn.execute("CHECKPOINT")
 
 
 def _load_sqlite(path: str, tables: Iterator[Rows]) -> None:
@@ -391,11 +408,14 @@ def create_annotators(url: str, count: int, *, prefix: str = "annotator") -> lis
 
 
 def reset_votes(url: str) -> None:
-    """Forget every vote and lease, so that each measured run starts from the same open tasks."""
+    """Forget every vote and lease (and where `next` had got to), so that each measured run starts
+    from the same open tasks."""
     engine = make_engine(url, pool_size=1)
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM votes"))
         conn.execute(sa.text("DELETE FROM leases"))
+        conn.execute(sa.text("DELETE FROM assign_cursors"))
+        conn.execute(sa.text("DELETE FROM assign_rechecks"))
         conn.execute(
             sa.text(
                 "UPDATE tasks SET vote_count = 0, slots_taken = 0, state = 'open' "
@@ -405,8 +425,48 @@ def reset_votes(url: str) -> None:
     if engine.dialect.name == "postgresql":
         # The reset leaves dead index entries right where `next` starts scanning.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(sa.text("VACUUM ANALYZE tasks, votes, leases"))
+            conn.execute(sa.text("VACUUM ANALYZE tasks, votes, leases, assign_cursors, assign_rechecks"))
     engine.dispose()
+
+
+def answer_ahead(url: str, user_id: int, n: int, *, project_id: int = 1) -> None:
+    """Give this annotator a pick on each of the first n tasks of a freshly reset `bulk_load` project,
+    each task still open with 1 answer of k, as if they had worked far ahead of everyone else."""
+    now = datetime.now(UTC)
+    engine = make_engine(url, pool_size=1)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE tasks SET vote_count = 1, slots_taken = 1 WHERE project_id = :p AND id <= :n"),
+            {"p": project_id, "n": n},
+        )
+    engine.dispose()
+    per_source = INSTANCES_PER_SOURCE + 1
+    created = now.replace(tzinfo=None).isoformat(sep=" ") if url.startswith("sqlite") else now
+    columns = (
+        "task_id",
+        "user_id",
+        "outcome",
+        "best_candidate_id",
+        "worst_candidate_id",
+        "content_text",
+        "defect_text",
+        "shown_order",
+        "lead_time_ms",
+        "client_submission_id",
+        "created_at",
+    )  # fmt: skip
+    rows = Rows("votes", columns)
+    for task_id in range(1, n + 1):
+        first = ((task_id - 1) // per_source) * N_CANDIDATES + 1  # the task's source's first candidate
+        order = json.dumps(list(range(first, first + N_CANDIDATES)))
+        rows.rows.append(
+            (task_id, user_id, "pick", first, first + 1, "", "", order, 3000, f"ahead-{task_id}", created)
+        )
+    tables = with_model_defaults(url, iter([rows]), created)
+    if url.startswith("sqlite"):
+        _load_sqlite(make_url(url).database or "", tables)
+    else:
+        _load_postgres(url, tables)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -430,8 +490,11 @@ class Server:
 
 
 @contextmanager
-def serve(database_url: str, *, workers: int = 1, workdir: Path, timeout: float = 60) -> Iterator[Server]:
-    """``dspo serve`` as a subprocess on a free port; waits for /healthz, stops it on the way out."""
+def serve(
+    database_url: str, *, workers: int = 1, workdir: Path, timeout: float = 60, code: Path | None = None
+) -> Iterator[Server]:
+    """``dspo serve`` as a subprocess on a free port; waits for /healthz, stops it on the way out. With
+    `code`, the packages in that folder come first on its PYTHONPATH (another revision's server)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSPO_")}
     env.update(
@@ -443,6 +506,8 @@ def serve(database_url: str, *, workers: int = 1, workdir: Path, timeout: float 
         DSPO_SECRET_KEY=secrets.token_urlsafe(32),  # a server refuses the default one
         HF_HUB_OFFLINE="1",
     )
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])
     log_path = workdir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -506,6 +571,7 @@ class Sample:
     start: float
     next_s: float
     vote_s: float
+    who: int = 0  # the annotator's index
 
 
 @dataclass
@@ -583,8 +649,10 @@ def annotate(
     counters: dict[str, int],
     lock: threading.Lock,
     seed: int,
+    think_s: float = 0.0,
 ) -> None:
-    """One annotator: next, then a pick vote, as fast as the server answers."""
+    """One annotator: next, then a pick vote, as fast as the server answers, or with `think_s` seconds
+    (on average) between seeing a task and answering it."""
     rng = random.Random(seed)
     try:
         while not stop.is_set():
@@ -600,6 +668,8 @@ def annotate(
                 with lock:
                     counters["errors"] += 1
                 continue
+            if think_s:
+                time.sleep(rng.uniform(0.5, 1.5) * think_s)
             best, worst = rng.sample([c["id"] for c in task["candidates"]], 2)
             body = {
                 "outcome": "pick",
@@ -608,11 +678,12 @@ def annotate(
                 "client_submission_id": uuid.uuid4().hex,
                 "lead_time_ms": rng.randint(1000, 9000),
             }
+            t_vote = time.perf_counter()
             status, _ = client.post(f"/api/v1/tasks/{task['id']}/vote", body)
             t2 = time.perf_counter()
             with lock:
                 if status in (200, 201):
-                    samples.append(Sample(t0, t1 - t0, t2 - t1))
+                    samples.append(Sample(t0, t1 - t0, t2 - t_vote, seed))
                 else:
                     counters["errors"] += 1
     finally:
@@ -770,6 +841,13 @@ def ints(text: str) -> list[int]:
     return [int(float(x)) for x in text.split(",") if x]
 
 
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+SCENARIOS = ("loop", "ahead", "long")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="sqlite,postgres", help="comma list of sqlite, postgres")
@@ -782,52 +860,245 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10, help="measured seconds per configuration")
     parser.add_argument("--warmup", type=float, default=2, help="seconds before measuring")
     parser.add_argument("--required-votes", type=int, default=3, help="k, votes per task")
+    parser.add_argument("--scenarios", default="loop", help=f"comma list of {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--ahead", type=ints, default=[0, 10_000, 100_000, 500_000], help="ahead: tasks ahead, comma list"
+    )
+    parser.add_argument("--long-duration", type=float, default=120, help="long: seconds of work")
+    parser.add_argument("--window", type=float, default=20, help="long: seconds per reported window")
+    parser.add_argument(
+        "--speeds",
+        type=floats,
+        default=[0, 0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0],
+        help="long: think time in seconds of each annotator, comma list",
+    )
+    parser.add_argument("--baseline-checkout", default="", help="git revision to compare with, e.g. main")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="loop: runs of each code, alternating with the baseline's"
+    )
     args = parser.parse_args(argv)
     args.backends = [b for b in args.backends.split(",") if b]
     args.clients = [c for c in args.clients.split(",") if c]
+    args.scenarios = [c for c in args.scenarios.split(",") if c]
     unknown = set(args.backends) - {"sqlite", "postgres"} | set(args.clients) - set(CLIENTS)
+    unknown |= set(args.scenarios) - set(SCENARIOS)
     if unknown:
-        parser.error(f"unknown backends or clients {sorted(unknown)}")
+        parser.error(f"unknown backends, clients or scenarios {sorted(unknown)}")
     return args
+
+
+@contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """The packages of this repository at `revision`, extracted into a temp dir (no worktree: nothing
+    in the repository changes)."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="dspo-bench-baseline-") as folder:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", "--format=tar", revision],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        yield Path(folder)
+
+
+def codes(args: argparse.Namespace, repeat: int = 1) -> Iterator[tuple[str, Path | None]]:
+    """(label, code folder) of the server code under test: this checkout, then the baseline if any;
+    `repeat` times, alternating which goes first, so that neither is always measured first."""
+    if not args.baseline_checkout:
+        yield from [("this checkout", None)] * repeat
+        return
+    with checkout(args.baseline_checkout) as folder:
+        pair = [("this checkout", None), (f"baseline {args.baseline_checkout}", folder)]
+        for run in range(repeat):
+            yield from pair if run % 2 == 0 else pair[::-1]
+
+
+def check_log(server: Server) -> None:
+    if " 500 " in server.log() or "Traceback" in server.log():
+        print(f"server log shows errors:\n{server.log()[-4000:]}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario: one annotator far ahead
+
+
+AHEAD_HEADER = (
+    "| backend | tasks in DB | code | tasks ahead | loops/s | next p50 ms | next p99 ms | vote p50 ms "
+    "| CPU ms/loop: server | postgres |"
+)
+
+
+def run_ahead(args: argparse.Namespace, backend: str, size: int, url: str, tmp: Path) -> list[str]:
+    """For each N: reset, give one annotator answers on the first N tasks, and measure that annotator's
+    loop, with each server code."""
+    (name,) = create_annotators(url, 1, prefix="ahead")
+    engine = make_engine(url, pool_size=1)
+    with engine.connect() as conn:
+        user_id = conn.execute(sa.text("SELECT id FROM users WHERE username = :n"), {"n": name}).scalar_one()
+    engine.dispose()
+    lines, p50 = [], {}
+    for label, code in codes(args):
+        with serve(url, workers=max(args.workers), workdir=tmp, code=code) as server:
+            token = login(server.base_url, name)
+            for n in args.ahead:
+                reset_votes(url)
+                answer_ahead(url, user_id, min(n, size), project_id=args.project_id)
+                r = run_load(
+                    server,
+                    args.project_id,
+                    [token],
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    client="httpx",
+                )
+                p50[label, n] = r.next_p50_ms
+                cpu = r.cpu_ms_per_loop
+                line = (
+                    f"| {backend} | {size:,} | {label} | {n:,} | {r.loops_per_s:.0f} | {r.next_p50_ms:.1f} "
+                    f"| {r.next_p99_ms:.1f} | {r.vote_p50_ms:.1f} | {cpu.get('server', math.nan):.1f} "
+                    f"| {cpu.get('postgres', math.nan):.1f} |"
+                )
+                print(line)
+                sys.stdout.flush()
+                lines.append(line)
+            check_log(server)
+    smallest = min(args.ahead)
+    for (label, n), value in p50.items():
+        if n != smallest:
+            print(
+                f"p50(next) {n:,} ahead / {smallest:,} ahead: {value / p50[label, smallest]:.2f}x "
+                f"({backend}, {size:,} tasks, {label})"
+            )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario: annotators of different speeds for minutes
+
+
+def run_long(args: argparse.Namespace, backend: str, size: int, url: str, tmp: Path) -> None:
+    """Annotators with the think times of --speeds work for --long-duration seconds from all tasks
+    open; `next` latency per window, over all annotators and for the fastest, and how far the fastest
+    is ahead (its answers minus the median annotator's)."""
+    names = create_annotators(url, len(args.speeds), prefix="long")
+    fastest = min(range(len(args.speeds)), key=lambda i: args.speeds[i])
+    print(
+        "| backend | code | window s | loops/s | next p50 ms | next p99 ms | fastest: next p50 ms "
+        "| next p99 ms | answers ahead of the median |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, code in codes(args):
+        reset_votes(url)
+        with serve(url, workers=max(args.workers), workdir=tmp, code=code) as server:
+            tokens = [login(server.base_url, n) for n in names]
+            stop, lock = threading.Event(), threading.Lock()
+            samples: list[Sample] = []
+            counters = {"errors": 0, "empty": 0}
+            threads = [
+                threading.Thread(
+                    target=annotate,
+                    args=(
+                        HttpxClient(server.base_url, token),
+                        args.project_id,
+                        stop,
+                        samples,
+                        counters,
+                        lock,
+                        i,
+                        think,
+                    ),
+                    daemon=True,
+                )
+                for i, (token, think) in enumerate(zip(tokens, args.speeds, strict=True))
+            ]
+            begin = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            time.sleep(args.long_duration)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=120)
+            check_log(server)
+        done = Counter(s.who for s in samples)
+        ahead = sorted(done.values())
+        for w in range(int(args.long_duration // args.window)):
+            start, end = begin + w * args.window, begin + (w + 1) * args.window
+            window = [s for s in samples if start <= s.start < end]
+            mine = [s.next_s * 1000 for s in window if s.who == fastest]
+            so_far = Counter(s.who for s in samples if s.start < end)
+            counts = sorted(so_far.get(i, 0) for i in range(len(args.speeds)))
+            lead = so_far.get(fastest, 0) - counts[len(counts) // 2]
+            every = [s.next_s * 1000 for s in window]
+            print(
+                f"| {backend} | {label} | {int(start - begin)}-{int(end - begin)} "
+                f"| {len(window) / args.window:.0f} "
+                f"| {percentile(every, 50):.1f} | {percentile(every, 99):.1f} | {percentile(mine, 50):.1f} "
+                f"| {percentile(mine, 99):.1f} | {lead:,} |"
+            )
+            sys.stdout.flush()
+        print(f"<!-- {backend} {label}: answers per annotator {ahead}, errors {counters['errors']} -->")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def run_loop(args: argparse.Namespace, backend: str, size: int, url: str, tmp: Path) -> list[Row]:
+    """The matrix of the loop, all tasks open at the start of each configuration."""
+    rows: list[Row] = []
+    names = create_annotators(url, max(args.concurrency))
+    for label, code in codes(args, args.repeat):
+        tokens: list[str] = []
+        for workers in args.workers:
+            with serve(url, workers=workers, workdir=tmp, code=code) as server:
+                tokens = tokens or [login(server.base_url, n) for n in names]
+                for concurrency in args.concurrency:
+                    for client in args.clients:
+                        reset_votes(url)
+                        result = run_load(
+                            server,
+                            args.project_id,
+                            tokens[:concurrency],
+                            duration=args.duration,
+                            warmup=args.warmup,
+                            client=client,
+                        )
+                        name = backend if code is None else f"{backend} ({label})"
+                        row = Row(name, size, concurrency, workers, client, result)
+                        rows.append(row)
+                        print(format_row(row))
+                        sys.stdout.flush()
+                check_log(server)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Stopped with SIGTERM: unwind, so that the servers stop and the database is dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows: list[Row] = []
-    print(HEADER)
-    print("|" + "---|" * (HEADER.count("|") - 1))
+    if "loop" in args.scenarios:
+        print(HEADER)
+        print("|" + "---|" * (HEADER.count("|") - 1))
     sys.stdout.flush()
     for backend in args.backends:
         for size in args.sizes:
-            with database(backend) as url, tempfile.TemporaryDirectory(prefix="dspo-bench-") as tmp:
+            with database(backend) as url, tempfile.TemporaryDirectory(prefix="dspo-bench-") as folder:
+                tmp = Path(folder)
                 started = time.perf_counter()
-                project_id = bulk_load(url, size, required_votes=args.required_votes)
-                names = create_annotators(url, max(args.concurrency))
+                args.project_id = bulk_load(url, size, required_votes=args.required_votes)
                 print(
                     f"<!-- {backend}: loaded {size:,} tasks in {time.perf_counter() - started:.1f} s -->",
                     file=sys.stderr,
                 )
-                tokens: list[str] = []
-                for workers in args.workers:
-                    with serve(url, workers=workers, workdir=Path(tmp)) as server:
-                        tokens = tokens or [login(server.base_url, n) for n in names]
-                        for concurrency in args.concurrency:
-                            for client in args.clients:
-                                reset_votes(url)
-                                result = run_load(
-                                    server,
-                                    project_id,
-                                    tokens[:concurrency],
-                                    duration=args.duration,
-                                    warmup=args.warmup,
-                                    client=client,
-                                )
-                                row = Row(backend, size, concurrency, workers, client, result)
-                                rows.append(row)
-                                print(format_row(row))
-                                sys.stdout.flush()
-                        if " 500 " in server.log() or "Traceback" in server.log():
-                            print(f"server log shows errors:\n{server.log()[-4000:]}", file=sys.stderr)
+                if "loop" in args.scenarios:
+                    rows += run_loop(args, backend, size, url, tmp)
+                if "ahead" in args.scenarios:
+                    print(AHEAD_HEADER)
+                    print("|" + "---|" * (AHEAD_HEADER.count("|") - 1))
+                    run_ahead(args, backend, size, url, tmp)
+                if "long" in args.scenarios:
+                    run_long(args, backend, size, url, tmp)
     print()
     for line in ratio_lines(rows):
         print(line)

@@ -4,11 +4,33 @@ A task wants ``required_votes`` answers. ``Task.slots_taken`` counts the accepte
 leases; a lease reserves one slot for one annotator until it expires, so that two annotators never
 fill the same last slot. `next` locks the task row it picks (FOR UPDATE SKIP LOCKED on PostgreSQL;
 SQLite serialises writers with BEGIN IMMEDIATE), so the slot check and the lease are one atomic step.
-Lock order is always lease rows before task rows, so reclaiming, voting and releasing cannot deadlock.
+Lock order is always lease rows before task rows, so reclaiming, voting and releasing cannot deadlock;
+`next` locks the annotator's cursor row before either. The project row locks below (mark_reopened,
+lock_new_task_ids, a `next` creating a cursor) may be taken after task rows: a `next` that holds the
+project row waits for no other lock afterwards (it skips locked rows), so no cycle can form.
 
 `next` and `vote` are what every annotator calls in a loop, so they are written as a handful of Core
 statements on the tables (no ORM unit of work): a few round trips per request is what makes the loop
 fast. Undo and the lookups after a failed vote, which are rare, load Vote rows through the ORM.
+
+Where `next` starts looking (docs/decisions.md, "Task assignment", has the design and its proof).
+Each annotator has a cursor per project (assign_cursors): the highest task id `next` has looked at
+for them. `next` scans only the open tasks above it, so its cost does not grow with the number of
+open tasks the annotator already answered. What the cursor went past without the annotator holding
+or answering it is kept in assign_rechecks, and `next` looks there first. The invariant, at every
+commit: every open task at or below an annotator's cursor that they have neither answered, skipped
+nor leased has an assign_rechecks row for them. Code outside this module keeps it by calling:
+
+- `lock_new_task_ids(session, project_id)` before inserting tasks into a project, so that task ids
+  become visible in increasing order (a cursor never goes past an id that commits later);
+- `mark_reopened(session, project_id, task_ids)` after anything that makes a task open again or
+  eligible again for someone who answered it: a complete task reopened (undo does it here; reviews
+  or gold tasks would), or a vote deleted;
+- `release_task` / `reclaim_expired_leases` to end a lease without an answer: never delete lease rows
+  directly, because the annotator who held the lease needs a recheck row for the task.
+
+Freeing a slot (a skip, a release, an expiry, undo of an answer) needs nothing more: an open task
+that was full when a cursor went past it has a recheck row already.
 """
 
 import hashlib
@@ -19,6 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Integer,
     Row,
     String,
@@ -33,10 +56,23 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from dspo.errors import Conflict, InvalidInput, NotFound
-from dspo.models import Candidate, Instance, Lease, Project, Source, Task, Vote, VoteRevision
+from dspo.models import (
+    AssignCursor,
+    AssignRecheck,
+    Candidate,
+    Instance,
+    Lease,
+    Project,
+    Source,
+    Task,
+    Vote,
+    VoteRevision,
+)
 
 COUNTED_OUTCOMES = ("pick", "tie", "all_bad")
 OUTCOMES = (*COUNTED_OUTCOMES, "skip")
@@ -45,6 +81,7 @@ OUTCOMES = (*COUNTED_OUTCOMES, "skip")
 REPLACE_GRACE = timedelta(minutes=10)
 
 tasks, leases, votes = Task.__table__, Lease.__table__, Vote.__table__
+cursors, rechecks = AssignCursor.__table__, AssignRecheck.__table__
 projects, sources, instances, candidates = (
     Project.__table__,
     Source.__table__,
@@ -106,12 +143,16 @@ def shown_order(task_id: int, user_id: int, candidate_ids: list[int]) -> list[in
 
 # The statements of `next` and `vote`, built once: building and hashing a statement costs about as much
 # CPU as running it. Parameters are bound by name at execution.
-_RECLAIM = delete(leases).where(leases.c.expires_at < bindparam("now")).returning(leases.c.task_id)
+_RECLAIM = (
+    delete(leases).where(leases.c.expires_at < bindparam("now")).returning(leases.c.task_id, leases.c.user_id)
+)
 _FREE_SLOTS = (
     update(tasks)
     .where(tasks.c.id == bindparam("tid"))
     .values(slots_taken=tasks.c.slots_taken - bindparam("n", type_=Integer))
+    .returning(tasks.c.project_id)
 )
+_RECHECK = insert(rechecks)
 
 
 # Everything the annotator's view of a leased task needs: the task, its project's instructions and
@@ -150,48 +191,180 @@ _HELD = (
     .limit(bindparam("limit", type_=Integer))
 )
 _LEASED = _TASK_VIEW.where(leases.c.task_id == bindparam("tid"), leases.c.user_id == bindparam("user_id"))
+
+# `next`'s first statement after _HELD, on PostgreSQL: lock the annotator's cursor (so that their
+# concurrent `next` calls take turns) and delete expired leases (of any project; lease rows that a
+# vote or a release is consuming right now are skipped, so this waits for nobody). Always one row,
+# plus one per reclaimed lease. Plain SQL: see _PICK_AND_LEASE.
+_START_POSTGRES = text(
+    """
+    WITH cursor AS (
+        SELECT last_task_id FROM assign_cursors
+        WHERE project_id = :project_id AND user_id = :user_id
+        FOR UPDATE
+    ), gone AS (
+        DELETE FROM leases WHERE id IN (
+            SELECT id FROM leases WHERE expires_at < :now ORDER BY id FOR UPDATE SKIP LOCKED
+        )
+        RETURNING task_id, user_id
+    )
+    SELECT cursor.last_task_id, gone.task_id, gone.user_id
+    FROM (SELECT 1) AS one LEFT JOIN cursor ON true LEFT JOIN gone ON true
+    """
+).bindparams(bindparam("now", type_=leases.c.expires_at.type))
+_CURSOR = select(
+    cursors.c.last_task_id,
+    exists()
+    .where(rechecks.c.project_id == bindparam("project_id"), rechecks.c.user_id == bindparam("user_id"))
+    .label("has_rechecks"),
+).where(cursors.c.project_id == bindparam("project_id"), cursors.c.user_id == bindparam("user_id"))
+_CURSOR_LOCKED = _CURSOR.with_for_update(of=cursors)
+# Creating a cursor waits for anyone reopening tasks of the project (mark_reopened) and makes them
+# wait: they must see every cursor that may go past the tasks they reopen.
+_PROJECT_FOR_NEW_CURSOR = (
+    select(projects.c.id).where(projects.c.id == bindparam("project_id")).with_for_update(read=True)
+)
+# Taken by mark_reopened and lock_new_task_ids: conflicts with the lock above and with itself, not
+# with the foreign-key checks of inserts (KEY SHARE).
+_PROJECT_EXCLUSIVE = (
+    select(projects.c.id).where(projects.c.id == bindparam("project_id")).with_for_update(key_share=True)
+)
+
 # SQLite: the transaction holds the database's write lock from its start (BEGIN IMMEDIATE), so the
-# pick, the slot and the lease are atomic without row locks.
-_PICK = (
+# pick, the slot and the lease are atomic without row locks, and each step can be its own statement.
+_UNTOUCHED = ~exists().where(
+    votes.c.task_id == tasks.c.id, votes.c.user_id == bindparam("user_id")
+) & ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id"))
+_FREE = tasks.c.slots_taken < tasks.c.required_votes
+_AFTER = bindparam("after", type_=Integer)
+# Recheck rows count at or below the cursor only: above it, the scan sees the task anyway.
+_PICK_RECHECK = (
     select(tasks.c.id)
     .where(
+        tasks.c.id.in_(
+            select(rechecks.c.task_id).where(
+                rechecks.c.project_id == bindparam("project_id"),
+                rechecks.c.user_id == bindparam("user_id"),
+                rechecks.c.task_id <= _AFTER,
+            )
+        ),
         tasks.c.project_id == bindparam("project_id"),
         tasks.c.state == "open",
-        tasks.c.slots_taken < tasks.c.required_votes,
-        ~exists().where(votes.c.task_id == tasks.c.id, votes.c.user_id == bindparam("user_id")),
-        ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id")),
+        _FREE,
+        _UNTOUCHED,
     )
     .order_by(tasks.c.id)
     .limit(1)
 )
+# The recheck rows that need no more looking at: the task was just leased, is above the cursor, gone
+# (or not in this project), complete (reopening it adds new rows), or answered, skipped or held by
+# the annotator.
+_DROP_RECHECKS = delete(rechecks).where(
+    rechecks.c.project_id == bindparam("project_id"),
+    rechecks.c.user_id == bindparam("user_id"),
+    or_(
+        rechecks.c.task_id == bindparam("picked", type_=Integer),
+        rechecks.c.task_id > _AFTER,
+        ~exists().where(
+            tasks.c.id == rechecks.c.task_id,
+            tasks.c.project_id == rechecks.c.project_id,
+            tasks.c.state == "open",
+            _UNTOUCHED,
+        ),
+    ),
+)
+# The open tasks above the cursor, in id order, read until the first one the annotator can take; the
+# ones read before it are full, locked, or theirs already.
+_SCAN = (
+    select(tasks.c.id, (_FREE & _UNTOUCHED).label("eligible"), _UNTOUCHED.label("untouched"))
+    .where(tasks.c.project_id == bindparam("project_id"), tasks.c.state == "open", tasks.c.id > _AFTER)
+    .order_by(tasks.c.id)
+)
+# (Bound names other than the columns': an UPDATE reserves those for its SET clause.)
+_ADVANCE = (
+    update(cursors)
+    .where(cursors.c.project_id == bindparam("in_project"), cursors.c.user_id == bindparam("for_user"))
+    .values(last_task_id=func.max(cursors.c.last_task_id, bindparam("last", type_=Integer)))
+)
 _TAKE_SLOT = update(tasks).where(tasks.c.id == bindparam("tid")).values(slots_taken=tasks.c.slots_taken + 1)
 _LEASE = insert(leases)
-# PostgreSQL: pick a task (its row locked, rows locked by others skipped), take a slot and insert the
-# lease in one round trip. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in an
-# UPDATE CTE. Same conditions as _PICK.
+
+# PostgreSQL: the whole pick in one statement and one snapshot. The first task the annotator can
+# take among their recheck rows at or below the cursor (`rechecked`), else above the cursor
+# (`scanned`, not run when `rechecked` found one); its row locked, rows locked by others skipped.
+# Then: take the slot, insert the lease; record as recheck rows the open tasks the scan went past
+# that the annotator neither answered nor holds (full, or locked right now); move the cursor to the
+# task scanned, or to the last open task when the scan found none; drop the recheck rows that need
+# no more looking at (as _DROP_RECHECKS). `passed` re-reads the range `scanned` read, bounded by its
+# pick so that the index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE
+# nested in an UPDATE CTE.
+#
+# The votes probe ends in OFFSET 0, which keeps PostgreSQL from turning it into an anti-join: for an
+# annotator with many answers the planner otherwise merges the scan with all their votes in task
+# order, reading every vote below the cursor (20k answers: 11 ms instead of 0.1). The leases probe
+# stays a join: the caller's leases are one or two rows, and as a per-row probe the planner would
+# read the whole (small, much-rewritten) leases table for every task.
+_UNTOUCHED_SQL = """
+    AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id OFFSET 0)
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)"""
 _PICK_AND_LEASE = text(
-    """
-    WITH picked AS (
+    f"""
+    WITH rechecked AS (
         SELECT id FROM tasks
-        WHERE project_id = :project_id AND state = 'open' AND slots_taken < required_votes
-          AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id)
-          AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)
-        ORDER BY id
-        LIMIT 1
+        WHERE id IN (SELECT task_id FROM assign_rechecks
+                     WHERE project_id = :project_id AND user_id = :user_id AND task_id <= :after)
+          AND project_id = :project_id AND state = 'open' AND slots_taken < required_votes {_UNTOUCHED_SQL}
+        ORDER BY id LIMIT 1
         FOR UPDATE SKIP LOCKED
+    ), scanned AS (
+        SELECT id FROM tasks
+        WHERE project_id = :project_id AND state = 'open' AND id > :after
+          AND slots_taken < required_votes {_UNTOUCHED_SQL}
+          AND NOT EXISTS (SELECT 1 FROM rechecked)
+        ORDER BY id LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        SELECT id FROM rechecked UNION ALL SELECT id FROM scanned
     ), taken AS (
         UPDATE tasks SET slots_taken = tasks.slots_taken + 1 FROM picked WHERE tasks.id = picked.id
         RETURNING tasks.id
+    ), leased AS (
+        INSERT INTO leases (task_id, user_id, expires_at, created_at)
+        SELECT id, :user_id, :expires_at, :now FROM taken
+        RETURNING task_id
+    ), passed AS (
+        SELECT id FROM tasks
+        WHERE project_id = :project_id AND state = 'open' AND id > :after
+          AND id < COALESCE((SELECT id FROM scanned), 9223372036854775807) {_UNTOUCHED_SQL}
+          AND NOT EXISTS (SELECT 1 FROM rechecked)
+    ), recorded AS (
+        INSERT INTO assign_rechecks (project_id, user_id, task_id)
+        SELECT :project_id, :user_id, id FROM passed
+    ), advanced AS (
+        UPDATE assign_cursors SET last_task_id = GREATEST(last_task_id, COALESCE(
+            (SELECT id FROM scanned),
+            (SELECT :after FROM rechecked),
+            (SELECT max(id) FROM tasks WHERE project_id = :project_id AND state = 'open'),
+            :after))
+        WHERE project_id = :project_id AND user_id = :user_id
+    ), dropped AS (
+        DELETE FROM assign_rechecks
+        WHERE project_id = :project_id AND user_id = :user_id
+          AND (task_id > :after OR task_id IN (SELECT id FROM rechecked)
+               OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = assign_rechecks.task_id
+                              AND tasks.project_id = :project_id AND tasks.state = 'open' {_UNTOUCHED_SQL}))
     )
-    INSERT INTO leases (task_id, user_id, expires_at, created_at)
-    SELECT id, :user_id, :expires_at, :now FROM taken
-    RETURNING task_id
+    SELECT task_id FROM leased
     """
 ).bindparams(
-    bindparam("expires_at", type_=leases.c.expires_at.type), bindparam("now", type_=leases.c.created_at.type)
+    bindparam("expires_at", type_=leases.c.expires_at.type),
+    bindparam("now", type_=leases.c.created_at.type),
+    bindparam("after", type_=BigInteger),
 )
 _TASK_FOR_VOTE = (
     select(
+        tasks.c.project_id,
+        tasks.c.state,
         tasks.c.required_votes,
         tasks.c.vote_count,
         tasks.c.slots_taken,
@@ -224,12 +397,58 @@ def _postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def _free_reclaimed(session: Session, reclaimed: list[tuple[int, int]]) -> None:
+    """Free the slots of these (task, annotator) leases, just deleted, and give each annotator a
+    recheck row for their task: their cursor went past it while they held it."""
+    project_of = {}
+    for task_id, n in sorted(Counter(task for task, _ in reclaimed).items()):
+        project_of[task_id] = session.scalar(_FREE_SLOTS, {"tid": task_id, "n": n})
+    session.execute(
+        _RECHECK,
+        [
+            {"project_id": project_of[task], "user_id": user, "task_id": task}
+            for task, user in sorted(reclaimed)
+        ],
+    )
+
+
 def reclaim_expired_leases(session: Session, now: datetime) -> int:
     """Free the slots of leases that ran out; each expired lease is freed exactly once."""
-    task_ids = session.scalars(_RECLAIM, {"now": now}).all()
-    for task_id, n in sorted(Counter(task_ids).items()):
-        session.execute(_FREE_SLOTS, {"tid": task_id, "n": n})
-    return len(task_ids)
+    reclaimed = [(row.task_id, row.user_id) for row in session.execute(_RECLAIM, {"now": now})]
+    if reclaimed:
+        _free_reclaimed(session, reclaimed)
+    return len(reclaimed)
+
+
+def lock_new_task_ids(session: Session, project_id: int) -> None:
+    """Call before inserting tasks into a project, in the same transaction. Task ids come from a
+    sequence, so two transactions could commit them out of order, and a cursor that went past the
+    higher id would never see the lower one. With this lock the transactions that add tasks to one
+    project take turns, so the ids of a project become visible in increasing order."""
+    session.execute(_PROJECT_EXCLUSIVE, {"project_id": project_id})
+
+
+def mark_reopened(session: Session, project_id: int, task_ids: list[int]) -> None:
+    """Call after making these tasks eligible again for annotators whose cursor may have gone past
+    them: a complete task made open again, or a vote deleted. Every annotator with a cursor in the
+    project who has no vote on a task gets a recheck row for it (rows for annotators who cannot take
+    it are dropped by their next `next`). The project lock makes an annotator's first `next` in the
+    project, which creates their cursor, either finish before (its cursor is seen here) or start
+    after this transaction (it sees the tasks open)."""
+    session.execute(_PROJECT_EXCLUSIVE, {"project_id": project_id})
+    for task_id in sorted(task_ids):
+        session.execute(
+            insert(rechecks).from_select(
+                ["project_id", "user_id", "task_id"],
+                select(cursors.c.project_id, cursors.c.user_id, cast(bindparam("tid"), Integer)).where(
+                    cursors.c.project_id == bindparam("project_id"),
+                    ~exists().where(
+                        votes.c.task_id == bindparam("tid"), votes.c.user_id == cursors.c.user_id
+                    ),
+                ),
+            ),
+            {"project_id": project_id, "tid": task_id},
+        )
 
 
 def _leased_task(row: Row[Any]) -> LeasedTask:
@@ -248,6 +467,45 @@ def _leased_task(row: Row[Any]) -> LeasedTask:
     )
 
 
+@dataclass
+class _Cursor:
+    """The annotator's cursor, locked for this transaction, and (SQLite) whether they have recheck
+    rows, so that `next` can skip looking at them."""
+
+    after: int
+    has_rechecks: bool = True
+
+
+def _start(session: Session, *, project_id: int, user_id: int, now: datetime) -> _Cursor | None:
+    """Lock (or create) the annotator's cursor and reclaim expired leases; None if the project does
+    not exist."""
+    params = {"project_id": project_id, "user_id": user_id, "now": now}
+    if _postgres(session):
+        rows = session.execute(_START_POSTGRES, params).all()
+        reclaimed = [(r.task_id, r.user_id) for r in rows if r.task_id is not None]
+        if reclaimed:
+            _free_reclaimed(session, reclaimed)
+        if rows[0].last_task_id is not None:
+            return _Cursor(rows[0].last_task_id)
+    else:
+        reclaim_expired_leases(session, now)
+        found = session.execute(_CURSOR, params).first()
+        if found is not None:
+            return _Cursor(found.last_task_id, found.has_rechecks)
+
+    if session.execute(_PROJECT_FOR_NEW_CURSOR, params).first() is None:
+        return None
+    dialect_insert = pg_insert if _postgres(session) else sqlite_insert
+    session.execute(
+        dialect_insert(cursors)
+        .values(project_id=project_id, user_id=user_id, last_task_id=0)
+        .on_conflict_do_nothing(index_elements=["project_id", "user_id"])
+    )
+    # Another `next` of the same annotator may have created it first and moved it on.
+    row = session.execute(_CURSOR_LOCKED, params).one()
+    return _Cursor(row.last_task_id, row.has_rechecks)
+
+
 def next_task(
     session: Session, *, project_id: int, user_id: int, now: datetime, lease_seconds: int, position: int = 0
 ) -> LeasedTask | None:
@@ -262,33 +520,84 @@ def next_task(
     if len(held) > position:
         return _leased_task(held[position])
 
-    reclaim_expired_leases(session, now)
+    cursor = _start(session, project_id=project_id, user_id=user_id, now=now)
+    if cursor is None:
+        return None
     leased = None
     for _ in range(position + 1 - len(held)):
-        leased = _lease_new(session, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds)
+        leased = _lease_new(
+            session, cursor, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds
+        )
         if leased is None:
             return None
     return leased
 
 
 def _lease_new(
-    session: Session, *, project_id: int, user_id: int, now: datetime, seconds: int
+    session: Session, cursor: _Cursor, *, project_id: int, user_id: int, now: datetime, seconds: int
 ) -> LeasedTask | None:
-    expires_at = now + timedelta(seconds=seconds)
+    """Lease the first task the annotator can take: from their recheck rows at or below the cursor,
+    else the first above the cursor. Every task at or below the cursor that they can take has a
+    recheck row, so this is the task the plain query (the first open task by id with a free slot that
+    they neither answered nor hold) would give."""
+    params = {
+        "project_id": project_id,
+        "user_id": user_id,
+        "expires_at": now + timedelta(seconds=seconds),
+        "now": now,
+        "after": cursor.after,
+    }
     if _postgres(session):
-        params = {"project_id": project_id, "user_id": user_id, "expires_at": expires_at, "now": now}
         task_id = session.scalar(_PICK_AND_LEASE, params)
-        if task_id is None:
-            return None
+        if task_id is not None:
+            cursor.after = max(cursor.after, task_id)
     else:
-        task_id = session.scalar(_PICK, {"project_id": project_id, "user_id": user_id})
-        if task_id is None:
-            return None
-        session.execute(_TAKE_SLOT, {"tid": task_id})
-        session.execute(
-            _LEASE, {"task_id": task_id, "user_id": user_id, "expires_at": expires_at, "created_at": now}
-        )
+        task_id = _pick_sqlite(session, cursor, params)
+        if task_id is not None:
+            session.execute(_TAKE_SLOT, {"tid": task_id})
+            session.execute(
+                _LEASE,
+                {
+                    "task_id": task_id,
+                    "user_id": user_id,
+                    "expires_at": params["expires_at"],
+                    "created_at": now,
+                },
+            )
+    if task_id is None:
+        return None
     return _leased_task(session.execute(_LEASED, {"tid": task_id, "user_id": user_id}).one())
+
+
+def _pick_sqlite(session: Session, cursor: _Cursor, params: dict[str, Any]) -> int | None:
+    """What _PICK_AND_LEASE picks, and the same recheck rows and cursor move, in separate steps."""
+    if cursor.has_rechecks:
+        task_id = session.scalar(_PICK_RECHECK, params)
+        session.execute(_DROP_RECHECKS, {**params, "picked": task_id or 0})
+        cursor.has_rechecks = task_id is not None  # what is left is full for now
+        if task_id is not None:
+            return task_id
+    task_id, passed, last = None, [], cursor.after
+    result = session.execute(_SCAN, params)
+    for row in result:  # SQLite computes rows as they are fetched: this stops at the pick
+        last = row.id
+        if row.eligible:
+            task_id = row.id
+            break
+        if row.untouched:
+            passed.append(
+                {"project_id": params["project_id"], "user_id": params["user_id"], "task_id": row.id}
+            )
+    result.close()
+    if passed:
+        session.execute(_RECHECK, passed)
+        cursor.has_rechecks = True
+    if last != cursor.after:
+        session.execute(
+            _ADVANCE, {"in_project": params["project_id"], "for_user": params["user_id"], "last": last}
+        )
+        cursor.after = last
+    return task_id
 
 
 def _take_lease(session: Session, task_id: int, user_id: int) -> bool:
@@ -479,6 +788,9 @@ def replace_vote(
     elif was_counted and not counted:
         slots, count = slots - 1, count - 1
     _set_counts(session, task_id, task.required_votes, slots, count)
+    if task.state == "complete" and count < task.required_votes:
+        # Open again: cursors went past it while it was complete.
+        mark_reopened(session, task.project_id, [task_id])
 
     session.add(
         VoteRevision(
@@ -509,17 +821,20 @@ def release_task(session: Session, *, task_id: int, user_id: int) -> bool:
     """Give a leased task back without answering; False if the annotator held no lease on it."""
     if not _take_lease(session, task_id, user_id):
         return False
-    session.execute(_FREE_SLOTS, {"tid": task_id, "n": 1})
+    project_id = session.scalar(_FREE_SLOTS, {"tid": task_id, "n": 1})
+    # Their cursor went past the task while they held it: `next` must offer it to them again.
+    session.execute(_RECHECK, {"project_id": project_id, "user_id": user_id, "task_id": task_id})
     return True
 
 
 def release_user_leases(session: Session, user_id: int, project_id: int | None = None) -> int:
     """Give back every lease of a user (in one project, or in all), freeing their slots: for a member
-    removed from a project or a deactivated user. Returns how many; the caller commits."""
+    removed from a project or a deactivated user. Like an expiry, each task gets a recheck row for
+    them, so that it is offered again if they come back. Returns how many; the caller commits."""
     stmt = delete(leases).where(leases.c.user_id == user_id)
     if project_id is not None:
         stmt = stmt.where(leases.c.task_id.in_(select(tasks.c.id).where(tasks.c.project_id == project_id)))
-    task_ids = session.scalars(stmt.returning(leases.c.task_id)).all()
-    for task_id, n in sorted(Counter(task_ids).items()):
-        session.execute(_FREE_SLOTS, {"tid": task_id, "n": n})
-    return len(task_ids)
+    released = [(task_id, user_id) for task_id in session.scalars(stmt.returning(leases.c.task_id))]
+    if released:
+        _free_reclaimed(session, released)
+    return len(released)

@@ -225,6 +225,38 @@ class Lease(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class AssignCursor(Base):
+    """How far `next` has looked for this annotator in this project: every task with an id up to
+    ``last_task_id`` is answered, skipped or held by them, has an AssignRecheck row, or was complete
+    when `next` went past it (see dspo.assign for the invariant and who keeps it)."""
+
+    __tablename__ = "assign_cursors"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    last_task_id: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AssignRecheck(Base):
+    """A task at or below an annotator's cursor that `next` must look at again for them: it was full or
+    locked when `next` went past it, or a lease of theirs on it ended unanswered, or it was reopened.
+    Rows may repeat; `next` deletes them all once they need no more looking at.
+
+    No foreign keys, on purpose: `next` inserts and deletes these rows all the time, and a foreign-key
+    check locks the referenced row (KEY SHARE); every annotator's `next` locking the one project row
+    made the 8-annotator loop twice as slow on PostgreSQL, and a check on the task would wait for the
+    lock a vote holds. `next` ignores rows whose task is gone or in another project; rows of a deleted
+    project or user are never read again."""
+
+    __tablename__ = "assign_rechecks"
+    __table_args__ = (Index("ix_assign_rechecks_project_user", "project_id", "user_id", "task_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(BigInteger)
+
+
 class Vote(Base):
     """An annotator's answer to a task. A skip is stored too (it never counts towards k)."""
 

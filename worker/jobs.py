@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import delete, select
 
+from dspo import assign
 from dspo.db import session_scope
 from dspo.images import degrade, encode_png, mask_to_png, upsample
 from dspo.jobs import JobContext
@@ -166,6 +167,7 @@ def tasks(ctx: JobContext) -> dict[str, Any]:
         _mark_ready(ctx, source.id)
         return {"tasks_created": 0, "held_out": True}
     with session_scope(ctx.runtime.sessions) as session:
+        assign.lock_new_task_ids(session, project.id)  # ids visible in order: see dspo.assign
         existing = set(session.scalars(select(Task.instance_id).where(Task.source_id == source.id)))
         instance_ids = session.scalars(
             select(Instance.id).where(Instance.source_id == source.id).order_by(Instance.position)
