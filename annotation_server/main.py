@@ -9,7 +9,17 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from annotation_server import errors, web
 from annotation_server.middleware import BodyLimit, SecurityHeaders, upload_limit_for
-from annotation_server.routes import auth, datasets, images, jobs, models, projects, tasks, users
+from annotation_server.routes import (
+    auth,
+    datasets,
+    evaluations,
+    images,
+    jobs,
+    models,
+    projects,
+    tasks,
+    users,
+)
 from dspo import jobs as job_layer
 from dspo.runtime import Runtime
 from dspo.services.tokens import TokenCache
@@ -44,7 +54,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users, projects, jobs, tasks, images, datasets, models):
+    for module in (auth, users, projects, jobs, tasks, images, datasets, models, evaluations):
         api.include_router(module.router)
     app.include_router(api)
     web.install(app)

@@ -25,14 +25,20 @@ def dispatch_to_gpu(runtime: Runtime, job_id: int) -> None:
 
 
 def new_votes(runtime: Runtime, project_id: int, after_vote_id: int) -> int:
-    """Accepted answers (skips do not count) with an id above the last dataset's snapshot."""
+    """Accepted answers (skips and evaluation answers do not count) with an id above the last
+    dataset's snapshot."""
     with runtime.sessions() as session:
         return (
             session.scalar(
                 select(func.count())
                 .select_from(Vote)
                 .join(Task, Task.id == Vote.task_id)
-                .where(Task.project_id == project_id, Vote.id > after_vote_id, Vote.outcome != "skip")
+                .where(
+                    Task.project_id == project_id,
+                    Task.evaluation_id.is_(None),  # evaluation answers never make a dataset
+                    Vote.id > after_vote_id,
+                    Vote.outcome != "skip",
+                )
             )
             or 0
         )
