@@ -462,6 +462,44 @@ def finished_rounds(session: Session) -> list[int]:
     return list(session.scalars(stmt.order_by(Evaluation.id)))
 
 
+def close_finished(runtime: Runtime) -> list[int]:
+    """Close every open round whose tasks are all complete (the retraining tick calls this); returns
+    their ids. Closing twice is harmless, so concurrent ticks need no coordination."""
+    with runtime.sessions() as session:
+        found = finished_rounds(session)
+    for evaluation_id in found:
+        with runtime.sessions() as session:
+            close(session, evaluation_id)
+    return found
+
+
+def evaluate_trained(runtime: Runtime, model_version_id: int) -> int | None:
+    """Scheduled retraining's evaluation step: if the project wants it (retrain_evaluate), a round of
+    the new model version (B) against the project's generator now (A), on the held-out sources; the
+    round's id, or None when the project does not want one or has no held-out source. A training job
+    that runs again finds its round and starts no second one."""
+    with runtime.sessions() as session:
+        version = session.get(ModelVersion, model_version_id)
+        if version is None:
+            raise NotFound(f"model version {model_version_id} does not exist")
+        project = get_project(session, version.project_id)
+        existing = session.scalar(
+            select(Evaluation.id).where(Evaluation.trained_model_version_id == model_version_id)
+        )
+        if existing is not None or not project.retrain_evaluate or not held_out_sources(session, project.id):
+            return existing
+        evaluation = start(
+            session,
+            runtime,
+            project.id,
+            a=SideSpec(model_version_id=project.model_version_id),
+            b=SideSpec(model_version_id=model_version_id),
+            name=f"retraining: {version.name} against the project's generator",
+            trained_model_version_id=model_version_id,
+        )
+        return evaluation.id
+
+
 def decisions(session: Session, project_id: int) -> list[PromotionDecision]:
     get_project(session, project_id)
     stmt = select(PromotionDecision).where(PromotionDecision.project_id == project_id)
