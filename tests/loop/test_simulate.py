@@ -59,7 +59,8 @@ def make_project(
 
 def simulate(url: str, admin: dict[str, str], project_id: int, *options: str) -> int:
     token = admin["Authorization"].removeprefix("Bearer ")
-    argv = ["simulate", "--url", url, "--project", str(project_id), "--token", token, *options]
+    # --token=: a token may start with "-", which argparse would take for an option.
+    argv = ["simulate", "--url", url, "--project", str(project_id), f"--token={token}", *options]
     return main(argv)
 
 
