@@ -2,7 +2,7 @@
 projects' auto_promote and retrain_evaluate settings (off for existing projects)
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0006
 Create Date: 2026-11-30 15:47:07.439226
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import dspo.models
 
 revision: str = "0011"
-down_revision: str | None = "0008"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
