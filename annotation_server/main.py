@@ -13,6 +13,7 @@ from annotation_server.middleware import BodyLimit, RequestMetrics, SecurityHead
 from annotation_server.routes import (
     auth,
     datasets,
+    evaluations,
     images,
     jobs,
     labelstudio,
@@ -77,7 +78,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users, projects, jobs, tasks, images, datasets, models, labelstudio):
+    modules = (auth, users, projects, jobs, tasks, images, datasets, models, evaluations, labelstudio)
+    for module in modules:
         api.include_router(module.router)
     app.include_router(api)
     web.install(app)

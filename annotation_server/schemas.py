@@ -178,6 +178,16 @@ HELD_OUT_FRACTION = (
 )
 
 
+AUTO_PROMOTE = (
+    "when an evaluation round closes, make B the project's generator if the Wilson 95% lower bound of "
+    "its win rate (ties as halves) is above 0.5"
+)
+RETRAIN_EVALUATE = (
+    "scheduled retraining evaluates each model it trains against the project's generator on the "
+    "held-out sources"
+)
+
+
 class ProjectCreate(BaseModel):
     name: Annotated[Text, Field(min_length=1, max_length=200)]
     instructions: Annotated[Text, Field(max_length=20_000)] = ""
@@ -195,6 +205,8 @@ class ProjectCreate(BaseModel):
     require_defect: bool = Field(default=False, description="every pick must say what is wrong in the worst")
     held_out_fraction: Fraction = Field(default=0.0, description=HELD_OUT_FRACTION)
     held_out_seed: int = Field(default=0, ge=0, le=INT32_MAX, description="seed of the held-out draw")
+    auto_promote: bool = Field(default=False, description=AUTO_PROMOTE)
+    retrain_evaluate: bool = Field(default=False, description=RETRAIN_EVALUATE)
 
 
 class ProjectUpdate(BaseModel):
@@ -204,6 +216,8 @@ class ProjectUpdate(BaseModel):
     require_defect: bool | None = None
     held_out_fraction: Fraction | None = Field(default=None, description=HELD_OUT_FRACTION)
     held_out_seed: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    auto_promote: bool | None = Field(default=None, description=AUTO_PROMOTE)
+    retrain_evaluate: bool | None = Field(default=None, description=RETRAIN_EVALUATE)
 
 
 class ProjectOut(ORMModel):
@@ -224,6 +238,8 @@ class ProjectOut(ORMModel):
     require_defect: bool
     held_out_fraction: float
     held_out_seed: int
+    auto_promote: bool
+    retrain_evaluate: bool
     created_at: datetime
 
 
@@ -302,7 +318,7 @@ class TaskOut(BaseModel):
     project_id: int
     source_id: int
     instance_id: int | None
-    kind: Literal["instance", "image"]
+    kind: Literal["instance", "image", "evaluation"]
     box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in SR pixels")
     image_size: tuple[int, int] = Field(description="width, height of the candidates")
     lq_url: str
@@ -500,3 +516,94 @@ class LabelStudioStatusOut(ORMModel):
     rejected: int
     deleted: int
     rejected_answers: list[LabelStudioAnswerOut]
+
+
+# --- Evaluation rounds --------------------------------------------------------------------------------
+
+
+class EvaluationSideIn(BaseModel):
+    """A model version, a generator by name with settings, or neither: the project's base generator
+    (its generator without a LoRA)."""
+
+    model_version_id: Id | None = None
+    generator: Annotated[Text, Field(min_length=1, max_length=32)] | None = None
+    generator_settings: JSONObject | None = None
+
+
+class EvaluationIn(BaseModel):
+    name: Annotated[Text, Field(max_length=200)] = ""
+    a: EvaluationSideIn = Field(default_factory=EvaluationSideIn, description="A: default the base generator")
+    b: EvaluationSideIn
+    seed: int = Field(default=0, ge=0, le=INT32_MAX, description="added to each source's own seed")
+    required_votes: int | None = Field(
+        default=None, ge=1, le=20, description="answers per held-out source; default the project's k"
+    )
+
+
+class EvaluationSideOut(BaseModel):
+    label: str
+    generator: str
+    settings: dict[str, Any]
+    model_version_id: int | None
+
+
+class EvaluationOut(ORMModel):
+    id: int
+    project_id: int
+    name: str
+    a: EvaluationSideOut
+    b: EvaluationSideOut
+    seed: int
+    required_votes: int
+    state: Literal["generating", "open", "closed", "failed"]
+    job_id: int | None
+    error: str | None
+    trained_model_version_id: int | None
+    created_at: datetime
+    closed_at: datetime | None
+
+
+class PromotionDecisionOut(ORMModel):
+    id: int
+    project_id: int
+    evaluation_id: int
+    decision: Literal["promoted", "kept", "off"]
+    reason: str
+    answers: int
+    wins_b: int
+    wins_a: int
+    ties: int
+    win_rate: float | None = Field(description="of B over A, ties as halves")
+    lower_bound: float = Field(description="Wilson 95%, ties as halves")
+    upper_bound: float
+    sign_test_p: float
+    before: dict[str, Any]
+    after: dict[str, Any] | None
+    created_at: datetime
+
+
+class EvaluationResultOut(ORMModel):
+    evaluation: EvaluationOut
+    tasks: int
+    tasks_complete: int
+    summary: dict[str, Any] = Field(
+        description="dspo.evaluation_stats: overall, per_annotator, per_item (source id), position, "
+        "agreement, skips"
+    )
+    decision: PromotionDecisionOut | None
+
+
+class EvaluationAnswerOut(ORMModel):
+    vote_id: int
+    task_id: int
+    source_id: int
+    annotator: str
+    left_candidate_id: int
+    right_candidate_id: int
+    a_candidate_id: int
+    b_candidate_id: int
+    b_side: Literal["left", "right"]
+    answer: Literal["left", "right", "tie", "skip"]
+    outcome: Literal["b", "a", "tie"] | None
+    lead_time_ms: int | None
+    created_at: datetime

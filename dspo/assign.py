@@ -90,10 +90,14 @@ projects, sources, instances, candidates = (
 )
 
 # The candidate ids of a task's source as one "3,1,2" string (order undefined), so that one statement
-# returns a task with its candidates on both backends (string_agg / group_concat).
+# returns a task with its candidates on both backends (string_agg / group_concat). An evaluation task's
+# candidates are its round's two outputs; every other task's are the source's own candidates.
 CANDIDATE_IDS = (
     select(func.aggregate_strings(cast(candidates.c.id, String), ","))
-    .where(candidates.c.source_id == tasks.c.source_id)
+    .where(
+        candidates.c.source_id == tasks.c.source_id,
+        candidates.c.evaluation_id.is_not_distinct_from(tasks.c.evaluation_id),
+    )
     .scalar_subquery()
     .label("candidate_ids")
 )

@@ -223,6 +223,7 @@ def _write_votes(session: Session, dataset: Dataset, path: Path) -> tuple[str, i
             Task.project_id == dataset.project_id,
             Vote.id <= dataset.max_vote_id,
             Source.held_out.is_(False),  # as in dspo.aggregate: nothing of a held-out source
+            Task.evaluation_id.is_(None),  # nor any answer of an evaluation round
         )
         .order_by(Vote.id)
     ).all()

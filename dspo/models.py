@@ -114,6 +114,11 @@ class Project(Base):
     # with this probability, decided by a hash of (seed, its bytes' sha256) — seeded and repeatable.
     held_out_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     held_out_seed: Mapped[int] = mapped_column(Integer, default=0)
+    # Evaluation rounds (dspo.services.evaluations): promote B to the project's generator when a closed
+    # round's Wilson lower bound is above 0.5; scheduled retraining evaluates each new model version
+    # against the project's generator once it is trained.
+    auto_promote: Mapped[bool] = mapped_column(Boolean, default=False)
+    retrain_evaluate: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -154,6 +159,9 @@ class Source(Base):
 
 
 class Candidate(Base):
+    """An SR output of a source: one of the N candidates of its tasks, or (evaluation_id set) one of the
+    two outputs of an evaluation round, at a negative position (dspo.services.evaluations)."""
+
     __tablename__ = "candidates"
     __table_args__ = (UniqueConstraint("source_id", "position"),)
 
@@ -168,6 +176,9 @@ class Candidate(Base):
     weights_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     seed: Mapped[int] = mapped_column(BigInteger)
+    evaluation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=True, index=True
+    )
 
 
 class Instance(Base):
@@ -206,7 +217,11 @@ class Task(Base):
     instance_id: Mapped[int | None] = mapped_column(
         ForeignKey("instances.id", ondelete="CASCADE"), nullable=True
     )
-    kind: Mapped[str] = mapped_column(String(16))  # instance | image
+    kind: Mapped[str] = mapped_column(String(16))  # instance | image | evaluation
+    # An evaluation task (kind "evaluation") compares the two outputs of this round on a held-out source.
+    evaluation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=True, index=True
+    )
     required_votes: Mapped[int] = mapped_column(Integer)
     vote_count: Mapped[int] = mapped_column(Integer, default=0)
     slots_taken: Mapped[int] = mapped_column(Integer, default=0)
@@ -446,3 +461,54 @@ class LabelStudioAnswer(Base):
     ls_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- Evaluation rounds (issue 11) ---------------------------------------------------------------------
+
+
+class Evaluation(Base):
+    """A blind A/B round: generators A and B each make one output per held-out source (same seed and
+    settings), annotators compare the pair in tasks of kind "evaluation". A side is a model version, the
+    project's base generator, or a named generator with settings; `a` and `b` keep what was used."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # {"label", "generator", "settings", "model_version_id"} of each side, fixed at creation.
+    a: Mapped[dict[str, Any]] = mapped_column(JSON)
+    b: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    required_votes: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="generating")  # generating|open|closed|failed
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The model version whose training queued this round (scheduled retraining), if any.
+    trained_model_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PromotionDecision(Base):
+    """What closing an evaluation round decided about B, with the numbers it decided on."""
+
+    __tablename__ = "promotion_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), unique=True)
+    decision: Mapped[str] = mapped_column(String(16))  # promoted | kept | off
+    reason: Mapped[str] = mapped_column(Text)
+    answers: Mapped[int] = mapped_column(Integer)
+    wins_b: Mapped[int] = mapped_column(Integer)
+    wins_a: Mapped[int] = mapped_column(Integer)
+    ties: Mapped[int] = mapped_column(Integer)
+    win_rate: Mapped[float | None] = mapped_column(Float, nullable=True)  # ties as halves
+    lower_bound: Mapped[float] = mapped_column(Float)
+    upper_bound: Mapped[float] = mapped_column(Float)
+    sign_test_p: Mapped[float] = mapped_column(Float)
+    # The project's generator before and (promoted) after: {"generator", "settings", "model_version_id"}.
+    before: Mapped[dict[str, Any]] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,6 +1,10 @@
 """Scheduled retraining (SPEC §1.8): a periodic tick (Celery beat) builds a dataset once a project has
 K new accepted votes since its last dataset, and queues a training job on the `gpu` queue once that
-dataset is published. Both steps are idempotent, so a repeated or concurrent tick does nothing twice."""
+dataset is published. Both steps are idempotent, so a repeated or concurrent tick does nothing twice.
+
+The chain goes on through dspo.services.evaluations: a training job starts an evaluation round of its
+model (the project's retrain_evaluate), and the tick closes every round whose tasks are all complete,
+which promotes the model when the project's auto_promote and the round's numbers say so."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from dspo.datasets import BuildSettings, request_dataset
 from dspo.db import session_scope, utcnow
 from dspo.models import Dataset, Job, Project, Task, Vote
 from dspo.runtime import Runtime
+from dspo.services import evaluations
 
 TRAIN_JOB = "train_model"
 GPU_QUEUE = "gpu"
@@ -25,14 +30,20 @@ def dispatch_to_gpu(runtime: Runtime, job_id: int) -> None:
 
 
 def new_votes(runtime: Runtime, project_id: int, after_vote_id: int) -> int:
-    """Accepted answers (skips do not count) with an id above the last dataset's snapshot."""
+    """Accepted answers (skips and evaluation answers do not count) with an id above the last
+    dataset's snapshot."""
     with runtime.sessions() as session:
         return (
             session.scalar(
                 select(func.count())
                 .select_from(Vote)
                 .join(Task, Task.id == Vote.task_id)
-                .where(Task.project_id == project_id, Vote.id > after_vote_id, Vote.outcome != "skip")
+                .where(
+                    Task.project_id == project_id,
+                    Task.evaluation_id.is_(None),  # evaluation answers never make a dataset
+                    Vote.id > after_vote_id,
+                    Vote.outcome != "skip",
+                )
             )
             or 0
         )
@@ -97,7 +108,8 @@ def _queue_training(runtime: Runtime, project_id: int) -> list[int]:
 
 
 def retrain_tick(runtime: Runtime) -> dict[str, list[int]]:
-    """One beat of the schedule, over every project with retraining on; returns what it queued."""
+    """One beat of the schedule, over every project with retraining on, and of every finished
+    evaluation round; returns what it queued and closed."""
     with runtime.sessions() as session:
         projects = session.execute(
             select(
@@ -115,4 +127,5 @@ def retrain_tick(runtime: Runtime) -> dict[str, list[int]]:
         dataset_id = _maybe_build(runtime, project)
         if dataset_id is not None:
             builds.append(dataset_id)
-    return {"datasets": builds, "training_jobs": trainings}
+    closed = evaluations.close_finished(runtime)
+    return {"datasets": builds, "training_jobs": trainings, "evaluations_closed": closed}

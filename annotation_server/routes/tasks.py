@@ -23,11 +23,14 @@ from dspo.services import members, stats, votes
 router = APIRouter(tags=["annotation"])
 
 LABELS = "ABCDEFGHIJKLMNOP"
+# An evaluation task's two outputs are named by where they are shown (letters would suggest sides A/B).
+PAIR_LABELS = ("Left", "Right")
 
 
 def task_view(task: assign.LeasedTask, user_id: int) -> TaskOut:
     base = f"/api/v1/images/tasks/{task.id}"
     order = assign.shown_order(task.id, user_id, task.candidate_ids)
+    labels = PAIR_LABELS if task.kind == "evaluation" else LABELS
     return TaskOut(
         id=task.id,
         project_id=task.project_id,
@@ -39,7 +42,7 @@ def task_view(task: assign.LeasedTask, user_id: int) -> TaskOut:
         lq_url=f"{base}/lq",
         mask_url=None if task.instance_id is None else f"/api/v1/images/instances/{task.instance_id}/mask",
         candidates=[
-            CandidateView(id=cid, label=LABELS[i], image_url=f"{base}/candidates/{cid}")
+            CandidateView(id=cid, label=labels[i], image_url=f"{base}/candidates/{cid}")
             for i, cid in enumerate(order)
         ],
         lease_expires_at=task.lease_expires_at,

@@ -45,7 +45,8 @@ from dspo.errors import Forbidden, InvalidInput, TooManyRequests, Unauthorized
 from dspo.exports import EXPORTS
 from dspo.generators import generator_names
 from dspo.labelstudio import bridge as labelstudio_bridge
-from dspo.services import datasets, jobs, members, projects, stats, tokens, users
+from dspo.services import datasets, evaluations, jobs, members, model_versions, projects, stats, tokens, users
+from dspo.services.evaluations import SideSpec
 from dspo.services.tokens import Principal
 
 LOGIN_CSRF_COOKIE = "dspo_login_csrf"
@@ -265,6 +266,10 @@ def admin_project(
         "labelstudio": labelstudio_bridge.status(session, project_id),
         "members": members.list_members(session, project_id),
         "users": users.list_users(session),
+        "evaluations": evaluations.list_evaluations(session, project_id),
+        "decisions": evaluations.decisions(session, project_id),
+        "versions": model_versions.list_versions(session, project_id),
+        "held_out": len(evaluations.held_out_sources(session, project_id)),
     }
     return render(request, "admin_project.html", context)
 
@@ -293,12 +298,16 @@ def admin_project_settings(
     instructions: Annotated[str, Form()] = "",
     require_content: Annotated[bool, Form()] = False,
     require_defect: Annotated[bool, Form()] = False,
+    auto_promote: Annotated[bool, Form()] = False,
+    retrain_evaluate: Annotated[bool, Form()] = False,
 ) -> RedirectResponse:
     changes = _validated(
         ProjectUpdate,
         instructions=instructions,
         require_content=require_content,
         require_defect=require_defect,
+        auto_promote=auto_promote,
+        retrain_evaluate=retrain_evaluate,
     )
     projects.update_project(session, project_id, changes.model_dump(exclude_none=True))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=status.HTTP_303_SEE_OTHER)
@@ -372,6 +381,53 @@ def admin_dataset_records(
         "per_page": RECORDS_PER_PAGE,
     }
     return render(request, "admin_records.html", context)
+
+
+def _side(value: str) -> SideSpec:
+    """A side as the form names it: "base" or a model version's id."""
+    if value == "base":
+        return SideSpec()
+    if not value.isdigit() or not 1 <= int(value) <= INT32_MAX:
+        raise InvalidInput(f"a side is 'base' or a model version id, not {value[:50]!r}")
+    return SideSpec(model_version_id=int(value))
+
+
+@router.post("/admin/projects/{project_id}/evaluations")
+def admin_start_evaluation(
+    project_id: IdPath,
+    _: AdminUser,
+    session: WriteSession,
+    runtime: RuntimeDep,
+    a: Annotated[str, Form(max_length=20)] = "base",
+    b: Annotated[str, Form(max_length=20)] = "base",
+    name: Annotated[str, Form(max_length=200)] = "",
+    required_votes: Annotated[int | None, Form(ge=1, le=20)] = None,
+) -> RedirectResponse:
+    evaluation = evaluations.start(
+        session,
+        runtime,
+        project_id,
+        a=_side(a),
+        b=_side(b),
+        name=name.replace("\x00", ""),
+        required_votes=required_votes,
+    )
+    return RedirectResponse(f"/admin/evaluations/{evaluation.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/admin/evaluations/{evaluation_id}", response_class=HTMLResponse)
+def admin_evaluation(
+    evaluation_id: IdPath, request: Request, user: PageAdmin, session: ReadSession
+) -> HTMLResponse:
+    found = evaluations.result(session, evaluation_id)
+    context = {"user": user, "result": found, "s": found.summary, "evaluation": found.evaluation}
+    return render(request, "admin_evaluation.html", context)
+
+
+@router.post("/admin/evaluations/{evaluation_id}/close")
+def admin_close_evaluation(evaluation_id: IdPath, _: AdminUser, session: WriteSession) -> RedirectResponse:
+    evaluations.close(session, evaluation_id)
+    return RedirectResponse(f"/admin/evaluations/{evaluation_id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.get("/admin/jobs", response_class=HTMLResponse)

@@ -30,7 +30,7 @@ class OracleQuery:
     mask: np.ndarray | None  # bool (height, width): the region; None for an image-level task
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) of the region in SR pixels
     scale: int
-    kind: str  # "instance" or "image" (evaluation tasks will add their own)
+    kind: str  # "instance", "image", or "evaluation" (candidates: the two outputs of a round, shown order)
     prompt: str = ""
     candidate_ids: Sequence[int] = ()  # the ids the API shows, in the same order; opaque
 

@@ -35,7 +35,7 @@ def test_tick_builds_once_then_queues_training_once(runtime: Runtime, tmp_path) 
         for user_id in u:
             vote(runtime, task, user_id)
     vote(runtime, found[2], u[0], outcome="skip")  # skips are not accepted votes
-    assert retrain_tick(runtime) == {"datasets": [], "training_jobs": []}  # 6 of 7
+    assert retrain_tick(runtime) == {"datasets": [], "training_jobs": [], "evaluations_closed": []}  # 6 of 7
 
     vote(runtime, found[2], u[1])
     first = retrain_tick(runtime)
@@ -47,7 +47,7 @@ def test_tick_builds_once_then_queues_training_once(runtime: Runtime, tmp_path) 
         [dataset] = session.scalars(select(Dataset)).all()
         assert dataset.state == "published" and dataset.retrain and dataset.train_job_id is not None
     assert len(_jobs(runtime, "dataset_build")) == 1
-    assert retrain_tick(runtime) == {"datasets": [], "training_jobs": []}
+    assert retrain_tick(runtime) == {"datasets": [], "training_jobs": [], "evaluations_closed": []}
     [train] = _jobs(runtime, TRAIN_JOB)
     assert train.id == dataset.train_job_id and train.payload == {"dataset_id": dataset.id}
     deadline = time.monotonic() + 60

@@ -46,3 +46,30 @@ def test_jobs_run_on_a_celery_worker(production: Settings) -> None:
         assert stats["sources_by_state"] == {"ready": 2} and stats["tasks_total"] >= 4
         print(f"8 jobs on the Celery worker took {time.monotonic() - started:.1f} s")
     runtime.close()
+
+
+def test_an_evaluation_round_is_made_on_a_celery_worker(production: Settings) -> None:
+    runtime = Runtime.from_settings(production)
+    ensure_user(runtime, "root", "admin", "root-password")
+    with TestClient(create_app(runtime)) as client:
+        admin = login(client, "root", "root-password")
+        project = client.post(
+            "/api/v1/projects", json={"name": "celery-eval", "n_candidates": 3}, headers=admin
+        )
+        project_id = project.json()["id"]
+        upload = client.post(
+            f"/api/v1/projects/{project_id}/uploads",
+            files={"file": ("held.png", png_bytes(48, 32, 0), "image/png")},
+            data={"held_out": "true"},
+            headers=admin,
+        )
+        assert upload.status_code == 201, upload.text
+        wait_for_jobs(client, admin, project_id, timeout=120)
+        side = {"generator": "classical", "generator_settings": {"denoisers": ["tv"]}}
+        response = client.post(f"/api/v1/projects/{project_id}/evaluations", json={"b": side}, headers=admin)
+        assert response.status_code == 202, response.text
+        jobs = wait_for_jobs(client, admin, project_id, timeout=120)
+        assert [j["state"] for j in jobs] == ["succeeded"] * 2, jobs
+        result = client.get(f"/api/v1/evaluations/{response.json()['id']}", headers=admin).json()
+        assert result["evaluation"]["state"] == "open" and result["tasks"] == 1
+    runtime.close()

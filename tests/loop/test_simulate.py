@@ -2,20 +2,25 @@
 annotators drive a project to completion through the REST API, a custom oracle given as
 module:callable is used, and its preference becomes the dataset's winner."""
 
+import io
 import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from annotation_server.main import create_app
 from dspo.cli import ensure_user, main
 from dspo.datasets import NATIVE, dataset_dir
-from dspo.models import Candidate, Dataset, Task, User, Vote
+from dspo.models import Candidate, Dataset, Source, Task, User, Vote
+from dspo.oracles.fidelity import psnr
 from dspo.runtime import Runtime
+from dspo.services.evaluations import output_position
 from tests.datasets.helpers import wait_jobs
 from tests.helpers import login, png_bytes, serving
 from tests.loop import oracles
@@ -54,7 +59,8 @@ def make_project(
 
 def simulate(url: str, admin: dict[str, str], project_id: int, *options: str) -> int:
     token = admin["Authorization"].removeprefix("Bearer ")
-    argv = ["simulate", "--url", url, "--project", str(project_id), "--token", token, *options]
+    # --token=: a token may start with "-", which argparse would take for an option.
+    argv = ["simulate", "--url", url, "--project", str(project_id), f"--token={token}", *options]
     return main(argv)
 
 
@@ -158,3 +164,63 @@ def test_a_bad_oracle_is_refused_with_a_reason(
         == 1
     )
     assert "one finite score per candidate (3)" in capsys.readouterr().err
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _output_pixels(runtime: Runtime, evaluation_id: int) -> dict[int, dict[str, np.ndarray]]:
+    """source id -> side -> the round's output, and "hq" -> the source's HQ image, from the store."""
+    found: dict[int, dict[str, np.ndarray]] = {}
+    with runtime.sessions() as session:
+        for c in session.scalars(select(Candidate).where(Candidate.evaluation_id == evaluation_id)):
+            side = "a" if c.position == output_position(evaluation_id, "a") else "b"
+            found.setdefault(c.source_id, {})[side] = _pixels(runtime.blobs.get(c.sha256))
+        for source_id, images in found.items():
+            source = session.get(Source, source_id)
+            assert source is not None and source.hq_sha256 is not None
+            height, width = images["a"].shape[:2]
+            images["hq"] = _pixels(runtime.blobs.get(source.hq_sha256))[:height, :width]
+    return found
+
+
+def test_simulated_annotators_answer_an_evaluation_round_as_their_oracle_says(
+    runtime: Runtime, server: tuple[str, dict[str, str]]
+) -> None:
+    """Noise 0, no ties: every answer picks the output with the higher PSNR to HQ, so B wins a source
+    exactly when the fidelity oracle, computed here on the stored images, prefers its output; in a
+    second round, annotators with a position bias far above any PSNR difference answer only "left"."""
+    url, admin = server
+    with httpx.Client(base_url=url, headers=admin) as client:
+        body = {"name": uuid.uuid4().hex[:8], "n_candidates": 3, "overlap": 2, "segmenter": "felzenszwalb"}
+        project_id = client.post("/api/v1/projects", json=body).json()["id"]
+        for seed in range(4):
+            upload = client.post(
+                f"/api/v1/projects/{project_id}/uploads",
+                files={"file": (f"{seed}.png", png_bytes(96, 64, seed), "image/png")},
+                data={"kind": "hq", "held_out": "true"},
+            )
+            assert upload.status_code == 201, upload.text
+        wait_jobs(runtime, project_id)
+        side = {"generator": "classical", "generator_settings": {"methods": ["lanczos"], "denoisers": ["tv"]}}
+        exact = ["--annotators", "2", "--oracle", "fidelity", "--noise", "0", "--tie-threshold", "0"]
+        results = []
+        for prefix, bias in (("plain", "0"), ("biased", "1000")):
+            response = client.post(f"/api/v1/projects/{project_id}/evaluations", json={"b": side})
+            assert response.status_code == 202, response.text
+            evaluation_id = response.json()["id"]
+            wait_jobs(runtime, project_id)
+            options = [*exact, "--spread", "0", "--prefix", prefix, "--position-bias", bias]
+            assert simulate(url, admin, project_id, *options) == 0
+            results.append(client.get(f"/api/v1/evaluations/{evaluation_id}").json())
+
+    plain, biased = results
+    assert plain["tasks_complete"] == plain["tasks"] == 4 and plain["summary"]["overall"]["answers"] == 8
+    for source_id, images in _output_pixels(runtime, plain["evaluation"]["id"]).items():
+        whole = np.ones(images["hq"].shape[:2], dtype=bool)
+        b_better = psnr(images["b"], images["hq"], whole) > psnr(images["a"], images["hq"], whole)
+        numbers = plain["summary"]["per_item"][str(source_id)]
+        assert (numbers["wins_b"], numbers["wins_a"]) == ((2, 0) if b_better else (0, 2)), source_id
+    assert biased["summary"]["position"]["left_share"] == 1.0
+    assert biased["summary"]["overall"]["answers"] == 8 and biased["tasks_complete"] == 4

@@ -439,13 +439,14 @@
     const head = el("div", { class: "pane-head" });
     head.append(el("span", { class: "label", title }, title));
     if (candidateIndex !== undefined) {
+      const [bestWord, worstWord] = isPair() ? ["Better", "Worse"] : ["Best", "Worst"];
       const best = el("button", { type: "button", class: "pick-best", "aria-pressed": "false" });
-      best.textContent = `Best ${BEST_KEYS[candidateIndex] || ""}`.trim();
-      best.setAttribute("aria-label", `Candidate ${title} is the best`);
+      best.textContent = `${bestWord} ${BEST_KEYS[candidateIndex] || ""}`.trim();
+      best.setAttribute("aria-label", `Candidate ${title} is the ${bestWord.toLowerCase()}`);
       best.addEventListener("click", () => markBest(candidateIndex));
       const worst = el("button", { type: "button", class: "pick-worst", "aria-pressed": "false" });
-      worst.textContent = `Worst ${(WORST_KEYS[candidateIndex] || "").toUpperCase()}`.trim();
-      worst.setAttribute("aria-label", `Candidate ${title} is the worst`);
+      worst.textContent = `${worstWord} ${(WORST_KEYS[candidateIndex] || "").toUpperCase()}`.trim();
+      worst.setAttribute("aria-label", `Candidate ${title} is the ${worstWord.toLowerCase()}`);
       worst.addEventListener("click", () => markWorst(candidateIndex));
       head.append(best, worst);
       box.dataset.index = candidateIndex;
@@ -453,6 +454,10 @@
     box.append(head, viewport([layerImage(image, alt)]));
     return box;
   }
+
+  // An evaluation task compares two outputs, left and right: choosing one side better makes the other
+  // worse, and "all bad" does not apply (its button is hidden, its key does nothing).
+  const isPair = () => state.task?.kind === "evaluation";
 
   function buildPanes(task) {
     const grid = $("grid");
@@ -747,10 +752,12 @@
     $("message").hidden = true;
     $("grid").hidden = false;
     root.dataset.kind = task.kind;
-    $("task-kind").textContent =
-      task.kind === "instance"
-        ? "Region: judge only what lies inside the outline"
-        : "Whole image: judge everything you see";
+    $("task-kind").textContent = {
+      instance: "Region: judge only what lies inside the outline",
+      image: "Whole image: judge everything you see",
+      evaluation: "Which of the two is the better super-resolution of the reference? Judge the whole image",
+    }[task.kind];
+    $("btn-allbad").hidden = task.kind === "evaluation";
     buildPanes(task);
     const [w, h] = task.image_size;
     const [x0, y0, x1, y1] = task.box;
@@ -762,7 +769,7 @@
       height: `${(100 * (y1 - y0)) / h}%`,
     });
     $("thumb-caption").textContent =
-      task.kind === "image" ? "Judge the whole image" : `Region ${x1 - x0}×${y1 - y0} px of ${w}×${h}`;
+      task.kind === "instance" ? `Region ${x1 - x0}×${y1 - y0} px of ${w}×${h}` : "Judge the whole image";
     for (const id of ["outline", "dim"]) $(id).disabled = task.kind !== "instance";
     layoutGrid();
     fit(state.grid);
@@ -808,6 +815,7 @@
     if (!state.task || i < 0 || i >= state.task.candidates.length) return;
     state.best = i;
     if (state.worst === i) state.worst = null; // worst can never equal best
+    if (isPair()) state.worst = 1 - i;
     state.outcome = "pick";
     renderChoice();
   }
@@ -816,12 +824,13 @@
     if (!state.task || i < 0 || i >= state.task.candidates.length) return;
     state.worst = i;
     if (state.best === i) state.best = null;
+    if (isPair()) state.best = 1 - i;
     state.outcome = "pick";
     renderChoice();
   }
 
   function setOutcome(outcome) {
-    if (!state.task) return;
+    if (!state.task || (outcome === "all_bad" && isPair())) return;
     state.outcome = state.outcome === outcome ? "pick" : outcome;
     renderChoice();
   }
@@ -830,8 +839,9 @@
     const task = state.task;
     if (!task) return;
     const label = (i) => (i === null ? "–" : task.candidates[i].label);
+    const chosen = isPair() && state.best !== null ? `Answer: ${label(state.best)} is better` : "Answer: –";
     const text = {
-      pick: `Best: ${label(state.best)} · Worst: ${label(state.worst)}`,
+      pick: isPair() ? chosen : `Best: ${label(state.best)} · Worst: ${label(state.worst)}`,
       tie: "Answer: no visible difference",
       all_bad: "Answer: all candidates are bad",
     }[state.outcome];
@@ -864,7 +874,11 @@
     const content = $("content").value.trim();
     const defect = $("defect").value.trim();
     if (outcome === "pick" && (state.best === null || state.worst === null)) {
-      return notify("Choose the best (1…) and the worst (Q…) candidate, or press T, A or S.");
+      return notify(
+        isPair()
+          ? "Press 1 if the left one is better, 2 if the right one, T for no difference or S to skip."
+          : "Choose the best (1…) and the worst (Q…) candidate, or press T, A or S.",
+      );
     }
     if (outcome !== "skip" && requireContent && !content) {
       $("content").focus();
