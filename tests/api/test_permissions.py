@@ -116,6 +116,13 @@ RULES: dict[tuple[str, str], Op] = {
     ("PUT", f"{API}/projects/{{project_id}}/model-version"): Op(ADMIN, json={}),
     ("PUT", f"{API}/projects/{{project_id}}/retraining"): Op(ADMIN, json={}),
     ("GET", f"{API}/training-jobs/{{job_id}}/log"): Op(ADMIN),
+    # API: evaluation rounds and promotion
+    ("GET", f"{API}/projects/{{project_id}}/evaluations"): Op(ADMIN),
+    ("POST", f"{API}/projects/{{project_id}}/evaluations"): Op(ADMIN, json={}),
+    ("GET", f"{API}/evaluations/{{evaluation_id}}"): Op(ADMIN),
+    ("GET", f"{API}/evaluations/{{evaluation_id}}/answers"): Op(ADMIN),
+    ("POST", f"{API}/evaluations/{{evaluation_id}}/close"): Op(ADMIN),
+    ("GET", f"{API}/projects/{{project_id}}/promotion-decisions"): Op(ADMIN),
     # API: the Label Studio bridge
     ("GET", f"{API}/labelstudio/projects/{{project_id}}"): Op(ADMIN),
     ("GET", f"{API}/labelstudio/images/tasks/{{task_id}}/lq"): Op(OWN_CREDENTIAL),
@@ -147,6 +154,9 @@ RULES: dict[tuple[str, str], Op] = {
     ("GET", "/admin/projects/{project_id}/datasets"): Op(ADMIN),
     ("POST", "/admin/projects/{project_id}/datasets"): Op(ADMIN, form={"exports": "trl"}),
     ("GET", "/admin/datasets/{dataset_id}/records"): Op(ADMIN),
+    ("POST", "/admin/projects/{project_id}/evaluations"): Op(ADMIN, form={}),
+    ("GET", "/admin/evaluations/{evaluation_id}"): Op(ADMIN),
+    ("POST", "/admin/evaluations/{evaluation_id}/close"): Op(ADMIN, form={}),
     ("GET", "/admin/jobs"): Op(ADMIN),
     ("POST", "/admin/jobs/{job_id}/retry"): Op(ADMIN, form={}),
     ("GET", "/admin/users"): Op(ADMIN),
@@ -202,6 +212,7 @@ def fixture(api: Api) -> Fixture:
         "job_id": built.json()["job_id"],
         "dataset_id": built.json()["dataset"]["id"],
         "name": "dataset.tar",
+        "evaluation_id": 1,  # no such round: an admin gets past authorization to a 404
     }
     tokens = {
         "outsider": _token(api.bob),
