@@ -24,20 +24,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CHILD = """
-import json, resource, sys, time
+# The peak of this process's own memory: VmHWM. (Not ru_maxrss: Linux carries the parent's peak over
+# into a child at exec, and the parent decoded the whole upload.)
+PEAK = """
+def peak_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+"""
+
+CHILD = (
+    PEAK
+    + """
+import json, sys, time
 from dspo.jobs import run_job
 from dspo.runtime import Runtime
 runtime = Runtime.from_settings()
 started = time.perf_counter()
 state = run_job(runtime, int(sys.argv[1]))
-print(json.dumps({"state": state, "seconds": time.perf_counter() - started,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"state": state, "seconds": time.perf_counter() - started, "peak_mb": peak_mb()}))
 """
+)
 
 
-ESRGAN_CHILD = """
-import json, resource, sys, time
+ESRGAN_CHILD = (
+    PEAK
+    + """
+import json, sys, time
 import numpy as np
 from PIL import Image
 from worker.generators.realesrgan import RealesrganGenerator
@@ -48,9 +60,9 @@ image = Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC)
 generator = RealesrganGenerator(models=("realesrgan-x4plus",), tilesize=tile)
 started = time.perf_counter()
 out = generator.upscale(image, "realesrgan-x4plus")
-print(json.dumps({"size": list(out.size), "seconds": time.perf_counter() - started,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"size": list(out.size), "seconds": time.perf_counter() - started, "peak_mb": peak_mb()}))
 """
+)
 
 
 def esrgan_call(side: int, tile: int) -> dict:
@@ -159,7 +171,13 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, nargs="+", default=[10.0, 40.0])
     parser.add_argument("--kind", choices=["hq", "lq"], default="hq")
     parser.add_argument("--generator", default="classical")
-    parser.add_argument("--band-rows", type=int, default=256, help="the bounded run's DSPO_WORKER_BAND_ROWS")
+    parser.add_argument(
+        "--band-rows",
+        type=int,
+        nargs="+",
+        default=[256, 0],
+        help="DSPO_WORKER_BAND_ROWS of each run (0: off)",
+    )
     parser.add_argument(
         "--esrgan-sides",
         type=int,
@@ -176,7 +194,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.demo:
-        demo(args.generator, args.band_rows)
+        demo(args.generator, args.band_rows[0])
         return
     if args.esrgan_sides:
         print("realesrgan-x4plus, one call on a square LQ image; peak RSS of the process (MB) and time")
@@ -203,7 +221,7 @@ def main() -> None:
         data = photo(megapixels)
         with Image.open(io.BytesIO(data)) as probe:
             size = f"{probe.width}x{probe.height}"
-        for band_rows in (args.band_rows, 0):
+        for band_rows in args.band_rows:
             with tempfile.TemporaryDirectory() as tmp:
                 steps = run_pipeline(
                     data, kind=args.kind, generator=args.generator, band_rows=band_rows, workdir=Path(tmp)
