@@ -1,0 +1,188 @@
+"""The production stack of docker-compose.yml on a real Docker engine, one compose project per run.
+
+The images are built FROM the offline Debian 12 base of ../shared/tools/docker-offline.sh through
+compose.test.yml (no registry is reachable on the build machines); `bash scripts/docker-engine.sh`
+installs and starts the engine and builds that base. Without an engine the tests skip with the reason,
+except on CI (CI=true), where they fail. Everything the run made goes at the end (`down -v`, its
+image tags); the build cache stays, so the next run builds in seconds."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import cannot_run
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_IMAGE = os.environ.get("DSPO_TEST_DOCKER_BASE", "local/bookworm-base")
+ADMIN_PASSWORD = "compose-admin-password"
+
+
+@dataclass
+class Stack:
+    project: str
+    env_file: Path
+    log_dir: Path
+    run: str
+    url: str = ""
+
+    @property
+    def trainer_image(self) -> str:
+        return f"dspo-test-{self.run}-trainer"
+
+    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+        command = [
+            "docker",
+            "compose",
+            "--project-name",
+            self.project,
+            "--project-directory",
+            str(REPO),
+            "--file",
+            str(REPO / "docker-compose.yml"),
+            "--file",
+            str(REPO / "tests/compose/compose.test.yml"),
+            "--env-file",
+            str(self.env_file),
+            *args,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"`docker compose {' '.join(args)}` failed ({result.returncode}):\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def timed(self, what: str, *args: str, timeout: float = 900) -> float:
+        """Run a compose command, record how long it took in timings.txt, return the seconds."""
+        start = time.monotonic()
+        self.compose(*args, timeout=timeout)
+        seconds = time.monotonic() - start
+        with (self.log_dir / "timings.txt").open("a") as out:
+            out.write(f"{what}: {seconds:.1f} s\n")
+        return seconds
+
+    def logs(self, service: str) -> str:
+        return self.compose("logs", "--no-color", "--no-log-prefix", service, check=False).stdout
+
+    def wait_until_healthy(self, service: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            cid = self.compose("ps", "--quiet", service).stdout.strip()
+            if cid:
+                state = subprocess.run(
+                    ["docker", "inspect", "--format", "{{.State.Health.Status}}", cid],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                if state == "healthy":
+                    return
+            assert time.monotonic() < deadline, f"{service} not healthy after {timeout} s"
+            time.sleep(0.5)
+
+
+def _engine_problem() -> str | None:
+    """Why the compose tests cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "no docker CLI; `bash scripts/docker-engine.sh` installs the engine and compose"
+    for command, what in (
+        (["docker", "info"], "the Docker engine is not running"),
+        (["docker", "compose", "version"], "`docker compose` (v2) is missing"),
+        (["docker", "image", "inspect", BASE_IMAGE], f"the base image {BASE_IMAGE} is missing"),
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            return f"{what} ({result.stderr.strip()[:200]}); `bash scripts/docker-engine.sh` sets it up"
+    return None
+
+
+def _torch_wheel(folder: Path) -> None:
+    """The trainer image's torch: the CPU wheel this machine's pip finds (an unpinned index would give
+    the multi-GB CUDA build), put where the Dockerfile's WHEELS=dir reads it."""
+    folder.mkdir(exist_ok=True)
+    if not list(folder.glob("torch-2.13.0*.whl")):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--dest",
+                str(folder),
+                "torch==2.13.0",
+            ],
+            check=True,
+            timeout=600,
+        )
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    problem = _engine_problem()
+    if problem:
+        cannot_run(problem)
+    run = uuid.uuid4().hex[:10]
+    log_dir = tmp_path_factory.mktemp("compose")
+    env_file = log_dir / "test.env"
+    # A random secret: the stack runs as in production (no development setting).
+    env_file.write_text(
+        "\n".join(
+            [
+                f"POSTGRES_PASSWORD={uuid.uuid4().hex}",
+                f"DSPO_SECRET_KEY={uuid.uuid4().hex}{uuid.uuid4().hex}",
+                f"DSPO_IMAGE=dspo-test-{run}-app",
+                f"DSPO_TRAINER_IMAGE=dspo-test-{run}-trainer",
+                f"TEST_IMAGE_PREFIX=dspo-test-{run}",
+                f"TEST_BASE_IMAGE={BASE_IMAGE}",
+                f"DSPO_ENV_FILE={env_file}",
+                "DSPO_LEASE_SECONDS=60",
+            ]
+        )
+        + "\n"
+    )
+    stack = Stack(project=f"dspo-test-{run}", env_file=env_file, log_dir=log_dir, run=run)
+    try:
+        stack.timed("build", "build")
+        stack.timed("up --wait", "up", "--detach", "--wait", timeout=300)
+        port = stack.compose("port", "api", "8000").stdout.strip().rsplit(":", 1)[1]
+        stack.url = f"http://127.0.0.1:{port}"
+        yield stack
+    finally:
+        logs = stack.compose("logs", "--no-color", "--timestamps", check=False).stdout
+        (log_dir / "compose.log").write_text(logs)
+        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+        images = [f"dspo-test-{run}-{name}" for name in ("app", "trainer", "postgres", "redis")]
+        subprocess.run(["docker", "image", "rm", "--force", *images], capture_output=True)
+        print(f"compose logs and timings in {log_dir}")
+
+
+@pytest.fixture(scope="session")
+def admin_headers(stack: Stack) -> dict[str, str]:
+    """The first admin, made as the README says: `docker compose exec api dspo user create`."""
+    stack.compose(
+        "exec",
+        "-T",
+        "api",
+        "dspo",
+        "user",
+        "create",
+        "admin",
+        "--role",
+        "admin",
+        "--password",
+        ADMIN_PASSWORD,
+    )
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        response = client.post("/api/v1/auth/login", data={"username": "admin", "password": ADMIN_PASSWORD})
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
