@@ -104,7 +104,7 @@ def _engine_problem() -> str | None:
     return None
 
 
-def _torch_wheel(folder: Path) -> None:
+def torch_wheel(folder: Path) -> None:
     """The trainer image's torch: the CPU wheel this machine's pip finds (an unpinned index would give
     the multi-GB CUDA build), put where the Dockerfile's WHEELS=dir reads it."""
     folder.mkdir(exist_ok=True)
@@ -127,7 +127,9 @@ def _torch_wheel(folder: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A compose project of its own (name, image tags, settings); at the end its containers, volumes
+    and image tags go, and its logs are kept."""
     problem = _engine_problem()
     if problem:
         cannot_run(problem)
@@ -150,20 +152,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         + "\n"
     )
-    stack = Stack(project=f"dspo-test-{run}", env_file=env_file, log_dir=log_dir, run=run)
+    project = Stack(project=f"dspo-test-{run}", env_file=env_file, log_dir=log_dir, run=run)
     try:
-        stack.timed("build", "build")
-        stack.timed("up --wait", "up", "--detach", "--wait", timeout=300)
-        port = stack.compose("port", "api", "8000").stdout.strip().rsplit(":", 1)[1]
-        stack.url = f"http://127.0.0.1:{port}"
-        yield stack
+        yield project
     finally:
-        logs = stack.compose("logs", "--no-color", "--timestamps", check=False).stdout
+        logs = project.compose("logs", "--no-color", "--timestamps", check=False).stdout
         (log_dir / "compose.log").write_text(logs)
-        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+        project.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
         images = [f"dspo-test-{run}-{name}" for name in ("app", "trainer", "postgres", "redis")]
         subprocess.run(["docker", "image", "rm", "--force", *images], capture_output=True)
         print(f"compose logs and timings in {log_dir}")
+
+
+@pytest.fixture(scope="session")
+def stack(compose_project: Stack) -> Stack:
+    """The stack built and up (`up --wait`: every health check passes), its API port found."""
+    compose_project.timed("build", "build")
+    compose_project.timed("up --wait", "up", "--detach", "--wait", timeout=300)
+    port = compose_project.compose("port", "api", "8000").stdout.strip().rsplit(":", 1)[1]
+    compose_project.url = f"http://127.0.0.1:{port}"
+    return compose_project
 
 
 @pytest.fixture(scope="session")

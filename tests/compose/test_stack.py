@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.compose.conftest import REPO, Stack, _torch_wheel
+from tests.compose.conftest import REPO, Stack, torch_wheel
 from tests.helpers import png_bytes
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
@@ -29,13 +29,17 @@ def client(stack: Stack) -> httpx.Client:
     return httpx.Client(base_url=stack.url, timeout=60)
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], what: str, timeout: float, state: Callable[[], Any] | None = None
+) -> Any:
+    """Poll until predicate() is truthy; on timeout, fail with what state() says."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}: {state() if state else ''}")
         time.sleep(0.5)
 
 
@@ -48,6 +52,22 @@ def jobs_of(http: httpx.Client, admin: dict[str, str], project_id: int) -> list[
 def all_done(http: httpx.Client, admin: dict[str, str], project_id: int) -> list[dict[str, Any]] | None:
     jobs = jobs_of(http, admin, project_id)
     return jobs if jobs and all(j["state"] in ("succeeded", "failed") for j in jobs) else None
+
+
+def wait_for_jobs(
+    http: httpx.Client, admin: dict[str, str], project_id: int, what: str, timeout: float
+) -> list[dict[str, Any]]:
+    """Wait until no job of the project is queued or running; on timeout, say which are."""
+
+    def unfinished() -> list[tuple[int, str, str, int]]:
+        jobs = jobs_of(http, admin, project_id)
+        return [
+            (j["id"], j["kind"], j["state"], j["attempts"])
+            for j in jobs
+            if j["state"] in ("queued", "running")
+        ]
+
+    return wait_for(lambda: all_done(http, admin, project_id), what, timeout, unfinished)
 
 
 def make_project(http: httpx.Client, admin: dict[str, str], name: str) -> int:
@@ -114,7 +134,7 @@ def test_pipeline_end_to_end(stack: Stack, admin_headers: dict[str, str]) -> Non
         for seed in range(2):
             response = upload(http, admin_headers, project_id, seed, (192, 128))
             assert response.status_code == 201, response.text
-        jobs = wait_for(lambda: all_done(http, admin_headers, project_id), "the upload jobs", 300)
+        jobs = wait_for_jobs(http, admin_headers, project_id, "the upload jobs", 300)
         assert {j["state"] for j in jobs} == {"succeeded"}, jobs
         # They ran on the worker container (Celery logs each task it finished).
         assert len(re.findall(r"Task dspo\.run_job\[\S+\] succeeded", stack.logs("worker"))) >= len(jobs)
@@ -169,7 +189,7 @@ def test_worker_killed_mid_job(stack: Stack, admin_headers: dict[str, str]) -> N
         job = wait_for(finished, f"job {victim['id']} of the killed worker", 150)
         assert job["state"] == "succeeded", job
         assert time.monotonic() - restarted < 150
-        jobs = wait_for(lambda: all_done(http, admin_headers, project_id), "the other jobs", 300)
+        jobs = wait_for_jobs(http, admin_headers, project_id, "the other jobs", 300)
         assert {j["state"] for j in jobs} == {"succeeded"}, jobs
 
 
@@ -277,7 +297,7 @@ def test_postgres_restart_under_load(stack: Stack, admin_headers: dict[str, str]
         project_id = make_project(http, admin_headers, "compose postgres restart")
         for seed in range(20, 22):
             assert upload(http, admin_headers, project_id, seed, (192, 128)).status_code == 201
-        wait_for(lambda: all_done(http, admin_headers, project_id), "the upload jobs", 300)
+        wait_for_jobs(http, admin_headers, project_id, "the upload jobs", 300)
 
         with Load(stack, project_id, people) as load:
             load.wait_for_votes(20)
@@ -309,17 +329,17 @@ def test_redis_outage_during_uploads(stack: Stack, admin_headers: dict[str, str]
         finally:
             stack.compose("start", "redis")
         stack.wait_until_healthy("redis")
-        jobs = wait_for(lambda: all_done(http, admin_headers, project_id), "the jobs of the uploads", 150)
+        jobs = wait_for_jobs(http, admin_headers, project_id, "the jobs of the uploads", 150)
         assert {j["state"] for j in jobs} == {"succeeded"}, jobs
         sources = http.get(f"/api/v1/projects/{project_id}/sources", headers=admin_headers).json()
         assert [s["state"] for s in sources] == ["ready"] * 3, sources
 
 
-def test_trainer_image(stack: Stack) -> None:
-    """The `gpu` profile's image builds (torch, the `train` extra) and its worker command can start;
-    running it needs an NVIDIA GPU, which these machines lack."""
-    _torch_wheel(REPO / ".docker-wheels")
-    stack.timed("build trainer", "--profile", "gpu", "build", "trainer")
+def test_trainer_image(compose_project: Stack) -> None:
+    """The `gpu` profile's image builds (torch, the `train` extra), runs as an unprivileged user and has
+    the training commands; running the trainer service needs an NVIDIA GPU, which these machines lack."""
+    torch_wheel(REPO / ".docker-wheels")
+    compose_project.timed("build trainer", "--profile", "gpu", "build", "trainer")
     check = subprocess.run(
         [
             "docker",
@@ -327,7 +347,7 @@ def test_trainer_image(stack: Stack) -> None:
             "--rm",
             "--network",
             "none",
-            stack.trainer_image,
+            compose_project.trainer_image,
             "sh",
             "-c",
             "set -e; id -u; python -c 'import torch, diffusers, peft; print(torch.__version__)'; "
