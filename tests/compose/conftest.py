@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,15 @@ class Stack:
     def trainer_image(self) -> str:
         return f"dspo-test-{self.run}-trainer"
 
-    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    def compose(
+        self,
+        *args: str,
+        timeout: float = 900,
+        check: bool = True,
+        stdin: Path | None = None,
+        stdout: Path | None = None,
+    ) -> subprocess.CompletedProcess:
+        """`docker compose ARGS` on this project; stdin/stdout from/to files for binary streams."""
         command = [
             "docker",
             "compose",
@@ -54,7 +63,14 @@ class Stack:
             str(self.env_file),
             *args,
         ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        with ExitStack() as files:
+            streams = {
+                "stdin": files.enter_context(stdin.open("rb")) if stdin else subprocess.DEVNULL,
+                "stdout": files.enter_context(stdout.open("wb")) if stdout else subprocess.PIPE,
+            }
+            result = subprocess.run(command, stderr=subprocess.PIPE, timeout=timeout, **streams)
+        result.stdout = result.stdout.decode(errors="replace") if result.stdout is not None else ""
+        result.stderr = result.stderr.decode(errors="replace")
         if check and result.returncode != 0:
             pytest.fail(
                 f"`docker compose {' '.join(args)}` failed ({result.returncode}):\n{result.stderr[-4000:]}"
@@ -166,8 +182,11 @@ def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
 
 @pytest.fixture(scope="session")
 def stack(compose_project: Stack) -> Stack:
-    """The stack built and up (`up --wait`: every health check passes), its API port found."""
-    compose_project.timed("build", "build")
+    """The stack built and up (`up --wait`: every health check passes), its API port found. The
+    trainer image (profile gpu) is built with the others: BuildKit builds their shared stages once and
+    the rest side by side."""
+    torch_wheel(REPO / ".docker-wheels")
+    compose_project.timed("build (with the trainer)", "--profile", "gpu", "build")
     compose_project.timed("up --wait", "up", "--detach", "--wait", timeout=300)
     port = compose_project.compose("port", "api", "8000").stdout.strip().rsplit(":", 1)[1]
     compose_project.url = f"http://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.compose.conftest import REPO, Stack, torch_wheel
+from tests.compose.conftest import Stack
 from tests.helpers import png_bytes
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
@@ -335,11 +335,55 @@ def test_redis_outage_during_uploads(stack: Stack, admin_headers: dict[str, str]
         assert [s["state"] for s in sources] == ["ready"] * 3, sources
 
 
-def test_trainer_image(compose_project: Stack) -> None:
-    """The `gpu` profile's image builds (torch, the `train` extra), runs as an unprivileged user and has
-    the training commands; running the trainer service needs an NVIDIA GPU, which these machines lack."""
-    torch_wheel(REPO / ".docker-wheels")
-    compose_project.timed("build trainer", "--profile", "gpu", "build", "trainer")
+def vote_count(http: httpx.Client, admin: dict[str, str]) -> int:
+    projects = http.get("/api/v1/projects", headers=admin).json()
+    return sum(http.get(f"/api/v1/projects/{p['id']}/stats", headers=admin).json()["votes"] for p in projects)
+
+
+def test_backup_and_restore(stack: Stack, admin_headers: dict[str, str]) -> None:
+    """The README's backup commands (pg_dump, a tar of the blobs), and its restore commands on the same
+    stack after the blobs were wiped: the votes and the published dataset's files come back."""
+    backup = stack.log_dir / "backup"
+    backup.mkdir()
+    dump = backup / "dspo.dump"
+    with client(stack) as http:
+        votes = vote_count(http, admin_headers)
+        projects = http.get("/api/v1/projects", headers=admin_headers).json()
+        datasets = [
+            d
+            for p in projects
+            for d in http.get(f"/api/v1/projects/{p['id']}/datasets", headers=admin_headers).json()
+            if d["state"] == "published"
+        ]
+        assert votes > 0 and datasets, "the earlier tests made no votes or datasets to back up"
+
+        stack.compose("exec", "-T", "postgres", "pg_dump", "-U", "dspo", "-Fc", "dspo", stdout=dump)
+        as_root = ("run", "--rm", "--no-deps", "--user", "root", "-v", f"{backup}:/backup")
+        stack.compose(
+            *as_root, "--entrypoint", "tar", "api", "-C", "/data", "-cf", "/backup/blobs.tar", "blobs"
+        )
+        assert dump.stat().st_size > 0 and (backup / "blobs.tar").stat().st_size > 0
+
+        stack.compose("stop", "api", "worker", "beat")
+        stack.compose(*as_root, "--entrypoint", "sh", "api", "-c", "rm -rf /data/blobs/*")
+        restore = ("pg_restore", "-U", "dspo", "-d", "dspo", "--clean", "--if-exists")
+        stack.compose("exec", "-T", "postgres", *restore, stdin=dump)
+        untar = "tar -C /data -xf /backup/blobs.tar && chown -R 10001:10001 /data/blobs"
+        stack.compose(*as_root, "--entrypoint", "sh", "api", "-c", untar)
+        stack.compose("start", "api", "worker", "beat")
+        stack.wait_until_healthy("api")
+
+        assert vote_count(http, admin_headers) == votes
+        dataset = datasets[0]
+        name, meta = next(iter(dataset["files"].items()))
+        download = http.get(f"/api/v1/datasets/{dataset['id']}/files/{name}", headers=admin_headers)
+        assert download.status_code == 200 and hashlib.sha256(download.content).hexdigest() == meta["sha256"]
+
+
+def test_trainer_image(stack: Stack) -> None:
+    """The `gpu` profile's image (built with the stack: torch, the `train` extra) runs as an unprivileged
+    user and has the training commands; running the trainer service needs an NVIDIA GPU, which these
+    machines lack."""
     check = subprocess.run(
         [
             "docker",
@@ -347,7 +391,7 @@ def test_trainer_image(compose_project: Stack) -> None:
             "--rm",
             "--network",
             "none",
-            compose_project.trainer_image,
+            stack.trainer_image,
             "sh",
             "-c",
             "set -e; id -u; python -c 'import torch, diffusers, peft; print(torch.__version__)'; "
