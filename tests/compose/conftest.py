@@ -86,6 +86,11 @@ class Stack:
             out.write(f"{what}: {seconds:.1f} s\n")
         return seconds
 
+    def find_api(self) -> None:
+        """The API's published port: an ephemeral one, chosen again whenever `api` starts."""
+        port = self.compose("port", "api", "8000").stdout.strip().rsplit(":", 1)[1]
+        self.url = f"http://127.0.0.1:{port}"
+
     def logs(self, service: str) -> str:
         return self.compose("logs", "--no-color", "--no-log-prefix", service, check=False).stdout
 
@@ -164,6 +169,9 @@ def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
                 f"TEST_BASE_IMAGE={BASE_IMAGE}",
                 f"DSPO_ENV_FILE={env_file}",
                 "DSPO_LEASE_SECONDS=60",
+                # A killed worker's job is taken for dead after 30 s of silence (default 60): a shorter test.
+                "DSPO_JOB_HEARTBEAT_SECONDS=5",
+                "DSPO_JOB_STALE_SECONDS=30",
             ]
         )
         + "\n"
@@ -188,8 +196,7 @@ def stack(compose_project: Stack) -> Stack:
     torch_wheel(REPO / ".docker-wheels")
     compose_project.timed("build (with the trainer)", "--profile", "gpu", "build")
     compose_project.timed("up --wait", "up", "--detach", "--wait", timeout=300)
-    port = compose_project.compose("port", "api", "8000").stdout.strip().rsplit(":", 1)[1]
-    compose_project.url = f"http://127.0.0.1:{port}"
+    compose_project.find_api()
     return compose_project
 
 

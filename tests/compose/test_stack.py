@@ -167,7 +167,7 @@ def test_worker_killed_mid_job(stack: Stack, admin_headers: dict[str, str]) -> N
     (the sweeper re-queues a job whose worker died, within 2 minutes)."""
     with client(stack) as http:
         project_id = make_project(http, admin_headers, "compose worker kill")
-        for seed in range(10, 13):  # large HQ images: candidate generation takes seconds
+        for seed in range(10, 12):  # large HQ images: candidate generation takes seconds
             response = upload(http, admin_headers, project_id, seed, (1600, 1200))
             assert response.status_code == 201, response.text
 
@@ -372,7 +372,9 @@ def test_backup_and_restore(stack: Stack, admin_headers: dict[str, str]) -> None
         stack.compose(*as_root, "--entrypoint", "sh", "api", "-c", untar)
         stack.compose("start", "api", "worker", "beat")
         stack.wait_until_healthy("api")
+        stack.find_api()
 
+    with client(stack) as http:
         assert vote_count(http, admin_headers) == votes
         dataset = datasets[0]
         name, meta = next(iter(dataset["files"].items()))
