@@ -147,7 +147,7 @@ def torch_wheel(folder: Path) -> None:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A compose project of its own (name, image tags, settings); at the end its containers, volumes
     and image tags go, and its logs are kept."""
@@ -185,10 +185,11 @@ def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
         project.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
         images = [f"dspo-test-{run}-{name}" for name in ("app", "trainer", "postgres", "redis")]
         subprocess.run(["docker", "image", "rm", "--force", *images], capture_output=True)
-        print(f"compose logs and timings in {log_dir}")
+        timings = log_dir / "timings.txt"
+        print(f"\ncompose logs in {log_dir}; {timings.read_text() if timings.exists() else ''}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(compose_project: Stack) -> Stack:
     """The stack built and up (`up --wait`: every health check passes), its API port found. The
     trainer image (profile gpu) is built with the others: BuildKit builds their shared stages once and
@@ -200,7 +201,7 @@ def stack(compose_project: Stack) -> Stack:
     return compose_project
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def admin_headers(stack: Stack) -> dict[str, str]:
     """The first admin, made as the README says: `docker compose exec api dspo user create`."""
     stack.compose(
