@@ -161,6 +161,12 @@ class UserOut(ORMModel):
 # --- Projects and uploads -----------------------------------------------------------------------------
 
 
+HELD_OUT_FRACTION = (
+    "share of uploads, drawn by a seeded hash of their bytes, held out for evaluation when the upload "
+    "does not say (applies to uploads from now on)"
+)
+
+
 class ProjectCreate(BaseModel):
     name: Annotated[Text, Field(min_length=1, max_length=200)]
     instructions: Annotated[Text, Field(max_length=20_000)] = ""
@@ -176,6 +182,8 @@ class ProjectCreate(BaseModel):
     image_level_tasks: bool = True
     require_content: bool = Field(default=False, description="every answer must say what the region shows")
     require_defect: bool = Field(default=False, description="every pick must say what is wrong in the worst")
+    held_out_fraction: Fraction = Field(default=0.0, description=HELD_OUT_FRACTION)
+    held_out_seed: int = Field(default=0, ge=0, le=INT32_MAX, description="seed of the held-out draw")
 
 
 class ProjectUpdate(BaseModel):
@@ -183,6 +191,8 @@ class ProjectUpdate(BaseModel):
     overlap: int | None = Field(default=None, ge=1, le=20)
     require_content: bool | None = None
     require_defect: bool | None = None
+    held_out_fraction: Fraction | None = Field(default=None, description=HELD_OUT_FRACTION)
+    held_out_seed: int | None = Field(default=None, ge=0, le=INT32_MAX)
 
 
 class ProjectOut(ORMModel):
@@ -201,6 +211,8 @@ class ProjectOut(ORMModel):
     image_level_tasks: bool
     require_content: bool
     require_defect: bool
+    held_out_fraction: float
+    held_out_seed: int
     created_at: datetime
 
 
@@ -209,6 +221,11 @@ class UploadFields(BaseModel):
 
     kind: Literal["lq", "hq"] = Field(default="lq", description="lq: use as is; hq: synthesise the LQ image")
     prompt: Annotated[Text, Field(max_length=1000)] = ""
+    held_out: bool | None = Field(
+        default=None,
+        description="true: for evaluation only (no tasks, never in a dataset); default: the project's "
+        "held_out_fraction decides",
+    )
 
 
 class SourceOut(ORMModel):
@@ -222,6 +239,7 @@ class SourceOut(ORMModel):
     degradation: dict[str, Any] | None
     prompt: str
     state: str
+    held_out: bool
     created_at: datetime
 
 
@@ -231,6 +249,13 @@ class UploadOut(BaseModel):
     source: SourceOut
     duplicate: bool = Field(description="true when the same file was uploaded before; nothing new was made")
     job_id: int | None = None
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready, or not ready")
+    checks: dict[str, str] = Field(
+        description='each check ("database", "migrations", "broker"): "ok" or what is wrong'
+    )
 
 
 class JobOut(ORMModel):
@@ -247,6 +272,9 @@ class JobOut(ORMModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    worker: str | None = Field(description="who runs or ran it last: host:pid")
+    heartbeat_at: datetime | None = Field(description="when its worker was last seen running it")
+    worker_rss_bytes: int | None = Field(description="its worker's memory (resident bytes) when last seen")
 
 
 # --- Annotation ---------------------------------------------------------------------------------------

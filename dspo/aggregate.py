@@ -185,6 +185,9 @@ def aggregate(
         .outerjoin(win, win.id == per_task.c.best_id)
         .outerjoin(lose, lose.id == per_task.c.worst_id)
         .outerjoin(Instance, Instance.id == Task.instance_id)
+        # Held-out sources are for evaluation: never in a dataset, whatever the settings, even if
+        # votes on them exist (tasks made before the source was held out).
+        .where(Source.held_out.is_(False))
         .order_by(per_task.c.task_id)
     ).all()
 

@@ -33,7 +33,7 @@ from dspo.dataset_format import DatasetWriter, Record, sha256_file, verify_datas
 from dspo.db import session_scope, utcnow
 from dspo.exports import EXPORTERS, export_webdataset, tar_folder
 from dspo.images import mask_to_png
-from dspo.models import Dataset, Job, Project, Task, Vote
+from dspo.models import Dataset, Job, Project, Source, Task, Vote
 from dspo.runtime import Runtime
 
 BUILD_JOB = "dataset_build"
@@ -178,6 +178,16 @@ def _retry_if_failed(session: Session, dataset: Dataset) -> int | None:
     return job.id
 
 
+def reopen_failed(session: Session, dataset_id: int, job_id: int) -> None:
+    """A failed build job retried as it is (dspo.services.jobs.retry_job): its dataset, failed with it,
+    is queued again for it, so that the job's claim on the dataset (`build`) succeeds."""
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.job_id == job_id, Dataset.state == "failed")
+        .values(state="queued", error=None)
+    )
+
+
 def _blob(blobs: BlobStore, sha: str, what: str) -> bytes:
     try:
         data = blobs.get(sha)
@@ -208,7 +218,12 @@ def _write_votes(session: Session, dataset: Dataset, path: Path) -> tuple[str, i
             Vote.defect_text,
         )
         .join(Task, Task.id == Vote.task_id)
-        .where(Task.project_id == dataset.project_id, Vote.id <= dataset.max_vote_id)
+        .join(Source, Source.id == Task.source_id)
+        .where(
+            Task.project_id == dataset.project_id,
+            Vote.id <= dataset.max_vote_id,
+            Source.held_out.is_(False),  # as in dspo.aggregate: nothing of a held-out source
+        )
         .order_by(Vote.id)
     ).all()
     names = ["vote_id", "task_id", "user_id", "outcome", "best_candidate_id", "worst_candidate_id"]

@@ -110,6 +110,10 @@ class Project(Base):
     # The tuned model that generates the next round's candidates (a model_versions id; no foreign key,
     # which would make a cycle with model_versions.project_id).
     model_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Held-out sources (for evaluation only): an upload that does not say whether it is held out is,
+    # with this probability, decided by a hash of (seed, its bytes' sha256) — seeded and repeatable.
+    held_out_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    held_out_seed: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -131,6 +135,8 @@ class Source(Base):
     degradation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     prompt: Mapped[str] = mapped_column(Text, default="")
     state: Mapped[str] = mapped_column(String(16), default="uploaded")  # uploaded | ready | failed
+    # Kept for evaluation: never in a dataset (dspo.aggregate), no candidates or tasks (worker.jobs).
+    held_out: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -251,7 +257,10 @@ class VoteRevision(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_project_state", "project_id", "state"),)
+    __table_args__ = (
+        Index("ix_jobs_project_state", "project_id", "state"),
+        Index("ix_jobs_state", "state"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -268,6 +277,14 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Recovery (dspo/jobs.py): the Celery queue it goes to (None: the default one); when its message
+    # was last sent (None: never, the relay sends it); who runs it ("host:pid") and its heartbeat, with
+    # that process's memory (resident bytes) when last seen.
+    queue: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Dataset(Base):

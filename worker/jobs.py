@@ -47,15 +47,32 @@ def ingest(ctx: JobContext) -> dict[str, Any]:
     source, project = _load(ctx)
     result: dict[str, Any] = {"kind": source.kind}
     if source.kind == "hq":
-        lq, params = degrade(_image(ctx, source.hq_sha256), scale=project.scale, seed=_seed(source))
+        lq, params = degrade(
+            _image(ctx, source.hq_sha256),
+            scale=project.scale,
+            seed=_seed(source),
+            band_rows=ctx.runtime.settings.worker_band_rows,
+        )
         lq_sha = ctx.runtime.blobs.put(encode_png(lq))
         with session_scope(ctx.runtime.sessions) as session:
             row = session.get(Source, source.id)
             assert row is not None
             row.lq_sha256, row.width, row.height, row.degradation = lq_sha, lq.width, lq.height, params
         result |= {"lq_size": [lq.width, lq.height]}
+    if source.held_out:
+        # Evaluation only: its LQ image is all an evaluation needs; candidates and tasks would only
+        # let its content leak into annotation and training.
+        _mark_ready(ctx, source.id)
+        return result | {"held_out": True}
     ctx.then("candidates", {"source_id": source.id}, project.id)
     return result
+
+
+def _mark_ready(ctx: JobContext, source_id: int) -> None:
+    with session_scope(ctx.runtime.sessions) as session:
+        row = session.get(Source, source_id)
+        assert row is not None
+        row.state = "ready"
 
 
 def candidates(ctx: JobContext) -> dict[str, Any]:
@@ -102,9 +119,15 @@ def instances(ctx: JobContext) -> dict[str, Any]:
     masks = (
         segmenter.segment(reference, images) if wants_candidates(segmenter) else segmenter.segment(reference)
     )
+    del reference  # a whole SR-size image less while the scores are computed
     found = build_instances(masks, min_area_fraction=project.min_area_fraction)
-    pixels = [np.asarray(image) for image in images]
-    scores = [contested(pixels, inst.mask) for inst in found]
+    del masks
+    # One array per candidate, each made as its image is let go (not both at once).
+    pixels = []
+    while images:
+        pixels.append(np.asarray(images.pop(0)))
+    band_rows = ctx.runtime.settings.worker_band_rows
+    scores = [contested(pixels, inst.mask, band_rows=band_rows) for inst in found]
     kept = [
         (inst, score)
         for inst, score in zip(found, scores, strict=True)
@@ -136,8 +159,12 @@ def instances(ctx: JobContext) -> dict[str, Any]:
 
 
 def tasks(ctx: JobContext) -> dict[str, Any]:
-    """One task per instance, plus one image-level task when the project wants them."""
+    """One task per instance, plus one image-level task when the project wants them; none for a
+    held-out source (a job queued before the source was held out finds nothing to do)."""
     source, project = _load(ctx)
+    if source.held_out:
+        _mark_ready(ctx, source.id)
+        return {"tasks_created": 0, "held_out": True}
     with session_scope(ctx.runtime.sessions) as session:
         existing = set(session.scalars(select(Task.instance_id).where(Task.source_id == source.id)))
         instance_ids = session.scalars(

@@ -84,8 +84,8 @@ def update_project(project_id: IdPath, body: ProjectUpdate, _: AdminUser, sessio
     openapi_extra=UPLOAD_BODY,
 )
 async def upload(project_id: IdPath, _: AdminUser, request: Request, runtime: RuntimeDep) -> UploadOut:
-    """Upload one image (multipart: `file`, and `kind`, `prompt`). It is validated now; candidates,
-    instances and tasks are made by jobs. The body is read only once the admin is authenticated (a
+    """Upload one image (multipart: `file`, and `kind`, `prompt`, `held_out`). It is validated now;
+    candidates, instances and tasks are made by jobs. The body is read only once the admin is authenticated (a
     route parameter for the file would make FastAPI read it first)."""
     async with request.form(max_files=1, max_fields=len(UploadFields.model_fields)) as form:
         file = form.get("file")
@@ -104,15 +104,23 @@ async def upload(project_id: IdPath, _: AdminUser, request: Request, runtime: Ru
         filename=file.filename or "",
         kind=fields.kind,
         prompt=fields.prompt,
+        held_out=fields.held_out,
     )
     return UploadOut.model_validate(result)
 
 
 @router.get("/{project_id}/sources", response_model=list[SourceOut], responses=errors(401, 403, 404, 422))
 def list_sources(
-    project_id: IdPath, _: AdminUser, session: ReadSession, offset: Offset = 0, limit: Limit = 100
+    project_id: IdPath,
+    _: AdminUser,
+    session: ReadSession,
+    offset: Offset = 0,
+    limit: Limit = 100,
+    held_out: bool | None = None,
 ) -> list[Source]:
-    return projects.list_sources(session, project_id, offset=offset, limit=limit)
+    """The project's sources by id; held_out=true lists only the held-out ones (kept for evaluation),
+    held_out=false only those that annotation and datasets use."""
+    return projects.list_sources(session, project_id, offset=offset, limit=limit, held_out=held_out)
 
 
 @router.get("/{project_id}/stats", response_model=ProjectStats, responses=errors(401, 403, 404, 422))

@@ -44,7 +44,12 @@ def update_project(session: Session, project_id: int, changes: dict[str, Any]) -
     return project
 
 
-def list_sources(session: Session, project_id: int, *, offset: int, limit: int) -> list[Source]:
+def list_sources(
+    session: Session, project_id: int, *, offset: int, limit: int, held_out: bool | None = None
+) -> list[Source]:
+    """held_out None: all of them; True: only the held-out ones; False: only the others."""
     get_project(session, project_id)
     stmt = select(Source).where(Source.project_id == project_id).order_by(Source.id)
+    if held_out is not None:
+        stmt = stmt.where(Source.held_out.is_(held_out))
     return list(session.scalars(stmt.offset(offset).limit(limit)))

@@ -54,7 +54,7 @@ def test_the_form_and_the_api_create_projects_with_the_same_defaults(api: Api) -
     made_by = {p["name"]: p for p in api.client.get("/api/v1/projects", headers=api.admin).json()}
     for name in ("by form", "by api"):
         assert (made_by[name]["n_candidates"], made_by[name]["overlap"]) == (5, 2), name
-    assert made_by["by form"]["segmenter"] == made_by["by api"]["segmenter"] == "felzenszwalb"
+    assert made_by["by form"]["segmenter"] == made_by["by api"]["segmenter"] == "regions"
 
 
 def test_page_routes_answer_errors_as_pages_and_the_api_as_json(api: Api) -> None:

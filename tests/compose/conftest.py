@@ -163,11 +163,11 @@ def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
             [
                 f"POSTGRES_PASSWORD={uuid.uuid4().hex}",
                 f"DSPO_SECRET_KEY={uuid.uuid4().hex}{uuid.uuid4().hex}",
-                f"DSPO_IMAGE=dspo-test-{run}-app",
-                f"DSPO_TRAINER_IMAGE=dspo-test-{run}-trainer",
+                f"APP_IMAGE=dspo-test-{run}-app",
+                f"TRAINER_IMAGE=dspo-test-{run}-trainer",
                 f"TEST_IMAGE_PREFIX=dspo-test-{run}",
                 f"TEST_BASE_IMAGE={BASE_IMAGE}",
-                f"DSPO_ENV_FILE={env_file}",
+                f"ENV_FILE={env_file}",
                 "DSPO_LEASE_SECONDS=60",
                 # A killed worker's job is taken for dead after 30 s of silence (default 60): a shorter test.
                 "DSPO_JOB_HEARTBEAT_SECONDS=5",

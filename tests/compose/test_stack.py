@@ -335,6 +335,14 @@ def test_redis_outage_during_uploads(stack: Stack, admin_headers: dict[str, str]
         assert [s["state"] for s in sources] == ["ready"] * 3, sources
 
 
+def test_default_secret_key_is_refused(stack: Stack) -> None:
+    """The stack runs as production: an API server with the default secret key does not start."""
+    run = stack.compose(
+        "run", "--rm", "--no-deps", "-e", "DSPO_SECRET_KEY=change-me", "api", check=False, timeout=120
+    )
+    assert run.returncode != 0 and "DSPO_SECRET_KEY is the default" in run.stderr + run.stdout, run
+
+
 def vote_count(http: httpx.Client, admin: dict[str, str]) -> int:
     projects = http.get("/api/v1/projects", headers=admin).json()
     return sum(http.get(f"/api/v1/projects/{p['id']}/stats", headers=admin).json()["votes"] for p in projects)
