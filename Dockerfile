@@ -55,13 +55,19 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=bind,from=wheels,target=/wheels \
     pip-install -r /tmp/app.txt "setuptools>=77" wheel
 
-FROM deps AS trainer-deps
+# torch and the `train` extra first: a change of the app's requirements does not reinstall torch.
+FROM base AS trainer-deps
 ARG TORCH=torch==2.13.0
 COPY --from=requirements /requirements/train.txt /tmp/train.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-ca \
     --mount=type=bind,from=wheels,target=/wheels \
     pip-install "$TORCH" -r /tmp/train.txt
+COPY --from=requirements /requirements/app.txt /tmp/app.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip-ca \
+    --mount=type=bind,from=wheels,target=/wheels \
+    pip-install -r /tmp/app.txt "setuptools>=77" wheel
 
 FROM trainer-deps AS trainer
 COPY pyproject.toml README.md /src/
