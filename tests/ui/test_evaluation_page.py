@@ -5,7 +5,7 @@ answer stored with the order the annotator saw."""
 
 from typing import Any
 
-from tests.helpers import png_bytes, wait_for_jobs
+from tests.helpers import add_members, png_bytes, wait_for_jobs
 from tests.ui.conftest import Site, shown_task
 from tests.ui.test_annotate import press
 
@@ -16,6 +16,7 @@ def test_an_annotator_answers_an_evaluation_round_by_keyboard(site: Site, new_pa
     )
     assert response.status_code == 201, response.text
     project_id = response.json()["id"]
+    add_members(site.http, site.admin, project_id, "alice")
     for seed in range(4):
         upload = site.http.post(
             f"/api/v1/projects/{project_id}/uploads",

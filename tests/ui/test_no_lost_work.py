@@ -119,7 +119,7 @@ def test_a_refused_answer_is_dropped_with_a_message_and_the_next_ones_go_through
 
 
 def test_answers_are_retried_after_a_5xx_and_after_a_429_s_retry_after(site: Site, new_page: Any) -> None:
-    project_id = site.make_project("retry")
+    project_id = site.make_project("answers retried")
     page = new_page("alice")
     page.goto(f"/projects/{project_id}/annotate")
     first = shown_task(page)
