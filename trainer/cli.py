@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from trainer.config import CHOICES, TrainConfig
+from trainer.config import CHOICES, PretrainConfig, TrainConfig
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +77,18 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pretrain(args: argparse.Namespace) -> int:
+    from trainer.pretrain import pretrain, read_pairs
+
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+    try:
+        print(pretrain(read_pairs(args.lq, args.hq), args.output_dir, cfg))
+    except (ValueError, OSError) as e:
+        print(f"dspo pretrain: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="fine-tune an SR backbone on a DSPO dataset")
     train.add_argument("--dataset", required=True, help="dataset folder (native format, SPEC §2)")
@@ -104,3 +116,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--backbone", required=True, choices=["upscaler", "onestep"])
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=run_make_tiny_model)
+
+    pre = subparsers.add_parser(
+        "pretrain", help="train a small x4 upscaler (a diffusers folder) from scratch on (LQ, HQ) pairs"
+    )
+    pre.add_argument(
+        "--lq", required=True, help="a folder of LQ images, 1/4 the size of the HQ ones, same names"
+    )
+    pre.add_argument("--hq", required=True, help="a folder of HQ images")
+    pre.add_argument("--output-dir", required=True)
+    for field in dataclasses.fields(PretrainConfig):
+        pre.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+    pre.set_defaults(func=run_pretrain)
