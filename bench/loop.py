@@ -723,7 +723,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     header = (
         f"Loop benchmark, seed {args.seed}, oracle {args.oracle}, size {args.size}: "
         f"{sizes.sources} round-1 sources, {len(loop.held_out)} held-out, {sizes.annotators} annotators, "
-        f"{counts.get('records', '?')} dataset records, {sizes.train_steps} training steps each. Evaluation: "
+        f"{counts.get('records', '?')} dataset records, {sizes.train_steps} training steps each"
+        + (f", base model reused from {base} (not pretrained in this run)" if args.base else "")
+        + ". Evaluation: "
         + (
             "computed directly with the oracle on the outputs (blind sides, the simulated annotators' "
             "noise), NOT through the service's evaluation rounds"
