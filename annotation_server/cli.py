@@ -1,15 +1,19 @@
 """`dspo serve` and `dspo demo`."""
 
 import argparse
+import os
+import tempfile
 import time
 
 import uvicorn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
+from annotation_server.main import check_secret
 from dspo import jobs
 from dspo.generators import generator_class
 from dspo.images import encode_png
+from dspo.logs import uvicorn_log_config
 from dspo.migrate import upgrade
 from dspo.models import Job, Project, Task
 from dspo.runtime import Runtime
@@ -24,6 +28,10 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     settings = get_settings()
     if workers > 1 and settings.jobs_in_process:
         raise SystemExit("--workers > 1 needs DSPO_BROKER_URL: in-process jobs would run once per worker")
+    check_secret(settings)
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # /metrics adds up the counters of every worker process from this folder (dspo/metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dspo-metrics-")
     print(f"serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     uvicorn.run(
         "annotation_server.main:create_app",
@@ -32,6 +40,7 @@ def serve(host: str, port: int, workers: int = 1) -> None:
         port=port,
         workers=workers,
         log_level="warning",
+        log_config=uvicorn_log_config(settings) or uvicorn.config.LOGGING_CONFIG,
         access_log=False,
         # The app trusts the same proxies (annotation_server.main); both read DSPO_TRUSTED_PROXIES.
         proxy_headers=True,
@@ -126,6 +135,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     runtime.close()
     if args.no_serve:
         return 0 if not counts.get("failed") else 1
+    # The demo is a development server: it may run with the default secret key.
+    os.environ["DSPO_DEVELOPMENT"] = "true"
+    get_settings.cache_clear()
     serve(args.host, args.port)
     return 0
 

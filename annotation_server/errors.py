@@ -3,19 +3,23 @@
 Services and dependencies raise dspo.errors.DspoError subclasses, whose `status_code` is the answer's
 status; a page request that is not logged in (Unauthorized) is sent to the login page instead."""
 
+import logging
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from annotation_server.schemas import validation_message
 from annotation_server.web.pages import render
+from dspo.db import database_unreachable
 from dspo.errors import DspoError, TooManyRequests, Unauthorized
 
 API_PREFIX = "/api/"
+log = logging.getLogger(__name__)
 
 
 def _is_page(request: Request) -> bool:
@@ -60,6 +64,20 @@ def install(app: FastAPI) -> None:
         if _is_page(request) and exc.status_code >= 400:
             return _page(request, str(exc.detail), exc.status_code, exc.headers)
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> Response:
+        if not database_unreachable(exc):
+            raise exc  # a bug, not an outage: the 500 below, logged
+        # A database that restarts, fails over or refuses connections: nothing was written that the
+        # client was told about, and the same request succeeds once it is back (votes are idempotent
+        # by their client_submission_id).
+        log.warning("%s %s: the database is unreachable (%s)", request.method, request.url.path, exc.orig)
+        message = "the database cannot be reached right now; try again in a moment"
+        headers = {"Retry-After": "1"}
+        if _is_page(request):
+            return _page(request, message, 503, headers)
+        return JSONResponse({"detail": message}, status_code=503, headers=headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:

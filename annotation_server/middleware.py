@@ -1,12 +1,16 @@
 """Pure ASGI middleware (no per-request task or body buffering, unlike Starlette's BaseHTTPMiddleware):
-request-body limits applied before anything reads a body, and the security headers of the pages."""
+request-body limits applied before anything reads a body, the security headers of the pages, and the
+request-latency metric."""
 
 import json
 import re
+import time
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dspo.metrics import REQUEST_SECONDS
 
 # Pages: scripts, styles and images from this server only; no inline script or style attribute; never
 # inside a frame; forms post here only.
@@ -108,3 +112,43 @@ def upload_limit_for(api_prefix: str, json_limit: int, upload_limit: int) -> Cal
         return upload_limit if upload.fullmatch(path) else json_limit
 
     return limit_for
+
+
+class RequestMetrics:
+    """Times every request into dspo_http_request_duration_seconds, labelled by its route template
+    (/api/v1/tasks/{task_id}/vote, not the path: bounded label values), or "unmatched"."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers if the app raises before it starts a response
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = route_template(scope) if "route" in scope else "unmatched"
+            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    """The path with each path parameter's value put back as {name}, in order: the route's template,
+    whatever the routers' nesting (a route object only knows its path within its own router)."""
+    segments = scope["path"].split("/")
+    start = 0
+    for name, value in scope.get("path_params", {}).items():
+        for index in range(start, len(segments)):
+            if segments[index] == str(value):
+                segments[index], start = f"{{{name}}}", index + 1
+                break
+    return "/".join(segments)

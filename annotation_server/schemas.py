@@ -251,6 +251,13 @@ class UploadOut(BaseModel):
     job_id: int | None = None
 
 
+class Readiness(BaseModel):
+    status: str = Field(description="ready, or not ready")
+    checks: dict[str, str] = Field(
+        description='each check ("database", "migrations", "broker"): "ok" or what is wrong'
+    )
+
+
 class JobOut(ORMModel):
     id: int
     kind: str
@@ -265,6 +272,9 @@ class JobOut(ORMModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    worker: str | None = Field(description="who runs or ran it last: host:pid")
+    heartbeat_at: datetime | None = Field(description="when its worker was last seen running it")
+    worker_rss_bytes: int | None = Field(description="its worker's memory (resident bytes) when last seen")
 
 
 # --- Annotation ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import secrets
 import signal
 import socket
 import sqlite3
@@ -434,6 +435,7 @@ def serve(database_url: str, *, workers: int = 1, workdir: Path, timeout: float 
         # More than one worker refuses to start with in-process jobs; no job runs here, so any
         # broker URL will do, and one worker keeps the embedded default.
         DSPO_BROKER_URL=REDIS_URL if workers > 1 else "",
+        DSPO_SECRET_KEY=secrets.token_urlsafe(32),  # a server refuses the default one
         HF_HUB_OFFLINE="1",
     )
     log_path = workdir / f"server-{port}.log"

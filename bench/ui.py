@@ -137,6 +137,7 @@ def main() -> None:
             "DSPO_DATABASE_URL": f"sqlite:///{Path(tmp) / 'dspo.db'}",
             "DSPO_STORAGE_ROOT": str(Path(tmp) / "blobs"),
             "DSPO_BROKER_URL": "",
+            "DSPO_DEVELOPMENT": "true",  # a throwaway server on the default secret key
             "HF_HUB_OFFLINE": "1",
         }
         started = time.monotonic()

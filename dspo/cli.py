@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 
 from dspo import simulate
 from dspo.errors import DspoError
+from dspo.logs import configure as configure_logging
 from dspo.runtime import Runtime
 from dspo.services.users import ensure_user
 from dspo.settings import get_settings
@@ -78,10 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(get_settings(), logging.INFO if args.verbose else logging.WARNING)
     return args.func(args)
 
 

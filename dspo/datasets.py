@@ -178,6 +178,16 @@ def _retry_if_failed(session: Session, dataset: Dataset) -> int | None:
     return job.id
 
 
+def reopen_failed(session: Session, dataset_id: int, job_id: int) -> None:
+    """A failed build job retried as it is (dspo.services.jobs.retry_job): its dataset, failed with it,
+    is queued again for it, so that the job's claim on the dataset (`build`) succeeds."""
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.job_id == job_id, Dataset.state == "failed")
+        .values(state="queued", error=None)
+    )
+
+
 def _blob(blobs: BlobStore, sha: str, what: str) -> bytes:
     try:
         data = blobs.get(sha)

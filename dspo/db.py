@@ -7,6 +7,7 @@ deferred BEGIN: a consistent snapshot, which WAL gives without blocking writers)
 read-only transaction is BEGIN READ ONLY, so that a write through it fails instead of passing unseen."""
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dspo.errors import Conflict
@@ -35,11 +36,11 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         if parsed.drivername == "postgresql":
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        # No pre-ping: it costs every request a round trip. Connections are replaced after 5 minutes,
-        # before the idle limits of PgBouncer, NAT gateways and load balancers (usually 6 to 10) cut
-        # them; one that died anyway (a database restart) fails its one request, and SQLAlchemy then
-        # replaces every pooled connection at once.
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=300)
+        # Connections are replaced after 5 minutes, before the idle limits of PgBouncer, NAT gateways
+        # and load balancers (usually 6 to 10) cut them.
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=300)
+        _check_connections_when_in_doubt(engine)
+        return engine
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,59 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
     event.listen(engine.pool, "invalidate", lambda _dbapi, record, _exc: _release(record.info))
 
     return engine
+
+
+# A pooled connection is pinged before use when it sat idle this long (the database may have restarted
+# meanwhile), and every one is for this long after a connection was found dead (a restart or failover
+# kills them all). Otherwise no ping: it would cost every request a round trip.
+PING_AFTER_IDLE_SECONDS = 10.0
+PING_AFTER_DISCONNECT_SECONDS = 60.0
+
+
+def _check_connections_when_in_doubt(engine: Engine) -> None:
+    """A database restart or failover costs no failed request once the database accepts connections
+    again: a connection that may be dead is pinged when it is checked out, and a dead one is replaced
+    then, before the request did anything (SQLAlchemy also drops the whole pool at the first error
+    that says the connection was lost)."""
+    last_disconnect = [-PING_AFTER_DISCONNECT_SECONDS]
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context) -> None:  # type: ignore[no-untyped-def]
+        if context.is_disconnect:
+            last_disconnect[0] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkin")
+    def _on_checkin(_dbapi, record) -> None:  # type: ignore[no-untyped-def]
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        now = time.monotonic()
+        idle = now - record.info.get("checked_in_at", now)
+        if idle < PING_AFTER_IDLE_SECONDS and now - last_disconnect[0] > PING_AFTER_DISCONNECT_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_connection.rollback()  # the ping's transaction must not become the request's
+        except Exception as exc:
+            last_disconnect[0] = now
+            # The pool replaces the connection and checks out again (a fresh one needs no ping).
+            raise DisconnectionError(f"a pooled connection was dead: {exc}") from exc
+
+
+def database_unreachable(exc: DBAPIError) -> bool:
+    """Whether an error says the database server cannot be reached or dropped the connection (a
+    restart, a failover, refused connections), rather than that a statement was wrong: PostgreSQL's
+    connection-exception and operator-intervention classes (08, 57P), or no SQLSTATE at all from a
+    driver that has them (the connection never opened). SQLite's errors are never outages."""
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError) or not hasattr(exc.orig, "sqlstate"):
+        return False
+    sqlstate = exc.orig.sqlstate or ""
+    return sqlstate == "" or sqlstate.startswith(("08", "57P"))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -11,6 +11,7 @@ import io
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -241,13 +242,26 @@ DEGRADATION_VERSION = "realesrgan-style-v1"
 _INTERPOLATIONS = ("area", "bilinear", "bicubic")
 
 
-def degrade(hq: Image.Image, *, scale: int, seed: int) -> tuple[Image.Image, dict[str, Any]]:
+def bands(height: int, rows: int) -> Iterator[tuple[int, int]]:
+    """Row ranges [y0, y1) that cover `height` rows, `rows` at a time (0: one range, the whole)."""
+    step = rows if rows > 0 else max(height, 1)
+    for y0 in range(0, height, step):
+        yield y0, min(y0 + step, height)
+
+
+def degrade(
+    hq: Image.Image, *, scale: int, seed: int, band_rows: int = 0
+) -> tuple[Image.Image, dict[str, Any]]:
     """Synthesise an LQ image from an HQ one, Real-ESRGAN style, reproducibly.
 
     One or two passes of (blur, resize, noise, JPEG), then a final resize to exactly
     (W // scale, H // scale) of the HQ image cropped to a multiple of ``scale``, and a JPEG step
     before or after it. Returns the LQ image (RGB) and every parameter drawn, JSON-serialisable.
     The same HQ pixels, scale and seed give the same LQ bytes.
+
+    band_rows > 0 blurs and adds noise `band_rows` rows at a time (the same bytes: each pixel's
+    arithmetic and the random stream's order are unchanged), so that no float copy of a whole
+    40-megapixel image is ever made; 0 works on whole images.
     """
     if scale not in (2, 4):
         raise ValueError(f"scale must be 2 or 4, got {scale!r}")
@@ -272,9 +286,9 @@ def degrade(hq: Image.Image, *, scale: int, seed: int) -> tuple[Image.Image, dic
     for index in range(passes):
         first = index == 0
         step: dict[str, Any] = {}
-        img = _random_blur(img, rng, step, first=first)
+        img = _random_blur(img, rng, step, first=first, band_rows=band_rows)
         img = _random_resize(img, rng, step, first=first, target=(width // scale, height // scale))
-        img = _random_noise(img, rng, step, first=first)
+        img = _random_noise(img, rng, step, first=first, band_rows=band_rows)
         if index < passes - 1:
             img = _jpeg(img, int(rng.integers(30, 96)), step)
         params["passes"].append(step)
@@ -295,7 +309,7 @@ def degrade(hq: Image.Image, *, scale: int, seed: int) -> tuple[Image.Image, dic
 
 
 def _random_blur(
-    img: Image.Image, rng: np.random.Generator, step: dict[str, Any], *, first: bool
+    img: Image.Image, rng: np.random.Generator, step: dict[str, Any], *, first: bool, band_rows: int = 0
 ) -> Image.Image:
     probability = 1.0 if first else 0.8
     if rng.random() >= probability:
@@ -315,7 +329,22 @@ def _random_blur(
         "kernel_size": size,
     }
     kernel = gaussian_kernel(size, sigma_x, sigma_y, angle)
-    return Image.fromarray(_to_uint8(convolve(np.asarray(img, dtype=np.float32), kernel)))
+    if band_rows <= 0:
+        return Image.fromarray(_to_uint8(convolve(np.asarray(img, dtype=np.float32), kernel)))
+    pixels = np.asarray(img)
+    out = np.empty_like(pixels)
+    half = kernel.shape[0] // 2
+    for y0, y1 in bands(pixels.shape[0], band_rows):
+        # The rows this band's kernel reaches, reflected at the image's top and bottom as np.pad does.
+        rows = _reflect(np.arange(y0 - half, y1 + half), pixels.shape[0])
+        out[y0:y1] = _to_uint8(convolve(pixels[rows].astype(np.float32), kernel, pad_rows=False))
+    return Image.fromarray(out)
+
+
+def _reflect(index: np.ndarray, size: int) -> np.ndarray:
+    """np.pad's "reflect" indexing (the edge row not repeated), for a pad narrower than the image."""
+    index = np.abs(index)
+    return np.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, angle: float) -> np.ndarray:
@@ -329,13 +358,15 @@ def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, angle: float) -> 
     return (kernel / kernel.sum()).astype(np.float32)
 
 
-def convolve(arr: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def convolve(arr: np.ndarray, kernel: np.ndarray, *, pad_rows: bool = True) -> np.ndarray:
     """2-D convolution of an HxWxC float array with reflect padding, by a fixed sum of shifted copies
-    (exactly reproducible, unlike an FFT whose rounding depends on the library build)."""
+    (exactly reproducible, unlike an FFT whose rounding depends on the library build). pad_rows=False:
+    `arr` already holds the rows above and below that the kernel reaches (a band of a larger image);
+    the result has kernel-height - 1 rows fewer."""
     half_y, half_x = kernel.shape[0] // 2, kernel.shape[1] // 2
-    padded = np.pad(arr, ((half_y, half_y), (half_x, half_x), (0, 0)), mode="reflect")
-    out = np.zeros_like(arr)
-    height, width = arr.shape[:2]
+    padded = np.pad(arr, ((half_y if pad_rows else 0,) * 2, (half_x, half_x), (0, 0)), mode="reflect")
+    height, width = padded.shape[0] - 2 * half_y, arr.shape[1]
+    out = np.zeros((height, width, arr.shape[2]), dtype=arr.dtype)
     for dy in range(kernel.shape[0]):
         for dx in range(kernel.shape[1]):
             weight = kernel[dy, dx]
@@ -370,22 +401,30 @@ def _random_resize(
 
 
 def _random_noise(
-    img: Image.Image, rng: np.random.Generator, step: dict[str, Any], *, first: bool
+    img: Image.Image, rng: np.random.Generator, step: dict[str, Any], *, first: bool, band_rows: int = 0
 ) -> Image.Image:
-    arr = np.asarray(img, dtype=np.float32)
+    pixels = np.asarray(img)
     grey = bool(rng.random() < 0.4)
-    shape = arr.shape[:2] + ((1,) if grey else (3,))
     if rng.random() < 0.5:
         sigma = float(rng.uniform(1.0, 30.0 if first else 25.0))
         step["noise"] = {"kind": "gaussian", "sigma": sigma, "grey": grey}
-        noise = rng.standard_normal(shape).astype(np.float32) * sigma
     else:
         amount = float(rng.uniform(0.05, 3.0 if first else 2.5))
         step["noise"] = {"kind": "poisson", "scale": amount, "grey": grey}
-        base = arr.mean(axis=2, keepdims=True) if grey else arr
-        counts = rng.poisson(np.clip(base, 0, 255).astype(np.float64)).astype(np.float32)
-        noise = (counts - base) * amount
-    return Image.fromarray(_to_uint8(arr + noise))
+    out = np.empty_like(pixels)
+    # Band after band, top to bottom: the generator draws the same numbers in the same order as for
+    # the whole image at once.
+    for y0, y1 in bands(pixels.shape[0], band_rows):
+        arr = pixels[y0:y1].astype(np.float32)
+        if step["noise"]["kind"] == "gaussian":
+            shape = arr.shape[:2] + ((1,) if grey else (3,))
+            noise = rng.standard_normal(shape).astype(np.float32) * sigma
+        else:
+            base = arr.mean(axis=2, keepdims=True) if grey else arr
+            counts = rng.poisson(np.clip(base, 0, 255).astype(np.float64)).astype(np.float32)
+            noise = (counts - base) * amount
+        out[y0:y1] = _to_uint8(arr + noise)
+    return Image.fromarray(out)
 
 
 def _jpeg(img: Image.Image, quality: int, step: dict[str, Any]) -> Image.Image:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dspo import jobs
 from dspo.blobs import BlobStore
 from dspo.images import ImageRejected, decode_upload, encode_png, sha256_hex
 from dspo.models import Project, Source
@@ -32,6 +33,13 @@ def prepare_image(blobs: BlobStore, data: bytes, *, kind: str, scale: int, max_p
     orientation applied, RGB). Raises dspo.images.ImageRejected, with the reason, for anything that is
     not a usable image. Touches no database."""
     image = decode_upload(data, max_pixels=max_pixels)
+    if kind == "lq" and image.width * image.height * scale * scale > max_pixels:
+        # The workers' memory is sized for candidates of at most max_pixels (docs/benchmarks.md).
+        raise ImageRejected(
+            f"the LQ image is {image.width}x{image.height}: its x{scale} candidates would be "
+            f"{image.width * scale}x{image.height * scale}, more than the {max_pixels} pixels "
+            "(DSPO_MAX_IMAGE_PIXELS) a worker processes; upload a smaller LQ image, or the HQ original"
+        )
     smallest = MIN_LQ_SIDE * (scale if kind == "hq" else 1)
     if min(image.size) < smallest:
         raise ImageRejected(
@@ -59,9 +67,12 @@ def record_source(
     kind: str,
     prompt: str,
     held_out: bool | None = None,
-) -> tuple[Source, bool]:
-    """Insert the source and commit; if the same file arrived concurrently and the other request won,
-    return its source instead (duplicate True). held_out None: the project's fraction decides."""
+    ingest_job: bool = False,
+) -> tuple[Source, bool, int | None]:
+    """Insert the source (and, with ingest_job, its ingest job: in the same transaction, so that no
+    source is ever left without one) and commit; returns (source, duplicate, ingest job id). If the
+    same file arrived concurrently and the other request won, returns its source (duplicate True).
+    held_out None: the project's fraction decides."""
     if held_out is None:
         project = session.get(Project, project_id)
         if project is None:
@@ -80,15 +91,20 @@ def record_source(
         held_out=held_out,
     )
     session.add(source)
+    job_id = None
     try:
+        if ingest_job:
+            session.flush()
+            [job] = jobs.create(session, [jobs.JobSpec("ingest", {"source_id": source.id}, project_id)])
+            job_id = job.id
         session.commit()
     except IntegrityError:
         session.rollback()
         existing = find_source(session, project_id, image.upload_sha256)
         if existing is None:
             raise
-        return existing, True
-    return source, False
+        return existing, True, None
+    return source, False, job_id
 
 
 def add_source(
@@ -108,9 +124,10 @@ def add_source(
     if existing is not None:
         return existing, True
     image = prepare_image(blobs, data, kind=kind, scale=project.scale, max_pixels=max_pixels)
-    return record_source(
+    source, duplicate, _ = record_source(
         session, project.id, image, filename=filename, kind=kind, prompt=prompt, held_out=held_out
     )
+    return source, duplicate
 
 
 def find_source(session: Session, project_id: int, upload_sha256: str) -> Source | None:

@@ -257,7 +257,10 @@ class VoteRevision(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_project_state", "project_id", "state"),)
+    __table_args__ = (
+        Index("ix_jobs_project_state", "project_id", "state"),
+        Index("ix_jobs_state", "state"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -274,6 +277,14 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Recovery (dspo/jobs.py): the Celery queue it goes to (None: the default one); when its message
+    # was last sent (None: never, the relay sends it); who runs it ("host:pid") and its heartbeat, with
+    # that process's memory (resident bytes) when last seen.
+    queue: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Dataset(Base):

@@ -76,7 +76,9 @@ def _queue_training(runtime: Runtime, project_id: int) -> list[int]:
         ).all()
     for dataset_id in ready:
         with session_scope(runtime.sessions) as session:
-            job = Job(kind=TRAIN_JOB, payload={"dataset_id": dataset_id}, project_id=project_id)
+            job = Job(
+                kind=TRAIN_JOB, payload={"dataset_id": dataset_id}, project_id=project_id, queue=GPU_QUEUE
+            )
             session.add(job)
             session.flush()
             # The row is claimed for this job only if no other tick claimed it first.

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dspo.images import bands
+
 
 @dataclass
 class Instance:
@@ -112,12 +114,16 @@ def mask_box(mask: np.ndarray, *, margin: int = 0) -> tuple[int, int, int, int]:
     )
 
 
-def contested(candidates: Sequence[np.ndarray], mask: np.ndarray, threshold: float = 0.0) -> float:
+def contested(
+    candidates: Sequence[np.ndarray], mask: np.ndarray, threshold: float = 0.0, *, band_rows: int = 0
+) -> float:
     """How much the candidates differ inside ``mask``, in 0..255 units.
 
     Per pixel: the standard deviation across candidates, averaged over RGB. Values at or below
     ``threshold`` count as 0 (a noise floor, so that tiny differences everywhere do not add up). The
     score is the mean over the mask's pixels; 0.0 means the candidates agree inside the mask.
+    band_rows > 0 works on that many rows at a time (bounded memory for large images; the score
+    differs from the whole-mask one by float rounding only).
     """
     if len(candidates) < 2:
         raise ValueError(f"need at least 2 candidates to compare, got {len(candidates)}")
@@ -132,7 +138,19 @@ def contested(candidates: Sequence[np.ndarray], mask: np.ndarray, threshold: flo
             )
     if not mask.any():
         return 0.0
-    pixels = np.stack([arr[mask] for arr in arrays]).astype(np.float32)  # N x P x 3
-    spread = pixels.std(axis=0).mean(axis=1)  # P
-    spread[spread <= threshold] = 0.0
-    return float(spread.mean())
+    if band_rows <= 0:
+        pixels = np.stack([arr[mask] for arr in arrays]).astype(np.float32)  # N x P x 3
+        spread = pixels.std(axis=0).mean(axis=1)  # P
+        spread[spread <= threshold] = 0.0
+        return float(spread.mean())
+    total, count = 0.0, 0
+    for y0, y1 in bands(mask.shape[0], band_rows):
+        inside = mask[y0:y1]
+        if not inside.any():
+            continue
+        pixels = np.stack([arr[y0:y1][inside] for arr in arrays]).astype(np.float32)
+        spread = pixels.std(axis=0).mean(axis=1)
+        spread[spread <= threshold] = 0.0
+        total += float(spread.sum(dtype=np.float64))
+        count += spread.size
+    return total / count

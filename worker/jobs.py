@@ -47,7 +47,12 @@ def ingest(ctx: JobContext) -> dict[str, Any]:
     source, project = _load(ctx)
     result: dict[str, Any] = {"kind": source.kind}
     if source.kind == "hq":
-        lq, params = degrade(_image(ctx, source.hq_sha256), scale=project.scale, seed=_seed(source))
+        lq, params = degrade(
+            _image(ctx, source.hq_sha256),
+            scale=project.scale,
+            seed=_seed(source),
+            band_rows=ctx.runtime.settings.worker_band_rows,
+        )
         lq_sha = ctx.runtime.blobs.put(encode_png(lq))
         with session_scope(ctx.runtime.sessions) as session:
             row = session.get(Source, source.id)
@@ -114,9 +119,15 @@ def instances(ctx: JobContext) -> dict[str, Any]:
     masks = (
         segmenter.segment(reference, images) if wants_candidates(segmenter) else segmenter.segment(reference)
     )
+    del reference  # a whole SR-size image less while the scores are computed
     found = build_instances(masks, min_area_fraction=project.min_area_fraction)
-    pixels = [np.asarray(image) for image in images]
-    scores = [contested(pixels, inst.mask) for inst in found]
+    del masks
+    # One array per candidate, each made as its image is let go (not both at once).
+    pixels = []
+    while images:
+        pixels.append(np.asarray(images.pop(0)))
+    band_rows = ctx.runtime.settings.worker_band_rows
+    scores = [contested(pixels, inst.mask, band_rows=band_rows) for inst in found]
     kept = [
         (inst, score)
         for inst, score in zip(found, scores, strict=True)

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from annotation_server.deps import AdminUser, ReadSession
+from annotation_server.deps import AdminUser, ReadSession, RuntimeDep
 from annotation_server.schemas import IdPath, JobOut, Limit, Offset, ProjectFilter, errors
 from dspo.models import Job
 from dspo.services import jobs
@@ -26,3 +26,9 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, responses=errors(401, 403, 404, 422))
 def read_job(job_id: IdPath, _: AdminUser, session: ReadSession) -> Job:
     return jobs.get_job(session, job_id)
+
+
+@router.post("/{job_id}/retry", response_model=JobOut, responses=errors(401, 403, 404, 409, 422))
+def retry_job(job_id: IdPath, _: AdminUser, runtime: RuntimeDep) -> Job:
+    """Run a failed job again from the start (its attempts counted anew); 409 unless it failed."""
+    return jobs.retry_job(runtime, job_id)

@@ -246,6 +246,12 @@ def admin_jobs(
     return render(request, "admin_jobs.html", context)
 
 
+@router.post("/admin/jobs/{job_id}/retry")
+def admin_retry_job(job_id: IdPath, _: AdminUser, runtime: RuntimeDep) -> RedirectResponse:
+    jobs.retry_job(runtime, job_id)
+    return RedirectResponse("/admin/jobs", status_code=status.HTTP_303_SEE_OTHER)
+
+
 @router.get("/admin/users", response_class=HTMLResponse)
 def admin_users(request: Request, user: PageAdmin, session: ReadSession) -> HTMLResponse:
     context = {

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from dspo import assign
 from dspo.db import utcnow
 from dspo.errors import Conflict, DspoError, NotFound
+from dspo.metrics import TASKS_LEASED, VOTES_ACCEPTED
 from dspo.models import Task, Vote
 from dspo.services.projects import get_project
 
@@ -31,6 +32,8 @@ def lease_next(
     if task is None:
         get_project(session, project_id)
     session.commit()
+    if task is not None:
+        TASKS_LEASED.inc()
     return task
 
 
@@ -59,6 +62,8 @@ def record_vote(
             vote = assign.submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=utcnow())
             created = True
         session.commit()
+        if created:
+            VOTES_ACCEPTED.labels(data.outcome).inc()
         return vote, created
     except (DspoError, IntegrityError) as failure:
         # A replayed submission (a client retry, maybe racing its original) or a second answer to the

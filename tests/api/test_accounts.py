@@ -5,6 +5,7 @@ scheme, the pages' security headers, and model versions (server paths) for admin
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -199,6 +200,7 @@ def test_the_limit_holds_across_server_processes(
         "DSPO_STORAGE_ROOT": str(tmp_path / "blobs"),
         "DSPO_BROKER_URL": redis_url,  # two workers need a broker; no job is sent here
         "DSPO_LOGIN_FAILURES_PER_USER": str(FAILURES_PER_USER),
+        "DSPO_SECRET_KEY": secrets.token_urlsafe(32),
     }
     command = [sys.executable, "-m", "dspo.cli", "serve", "--port", str(unused_tcp_port), "--workers", "2"]
     with server(command, env, tmp_path) as url:

@@ -105,3 +105,15 @@ def test_project_names_are_unique(api: Api, project_id: int) -> None:
     assert patched.json()["instructions"] == "be careful"
     listed = api.client.get("/api/v1/projects", headers=api.alice).json()
     assert [p["name"] for p in listed] == ["uploads"]
+
+
+def test_an_lq_image_whose_candidates_would_be_too_large_is_refused(api: Api, project_id: int) -> None:
+    # x4: a 1600x1600 LQ image makes 6400x6400 candidates, 41 megapixels, over DSPO_MAX_IMAGE_PIXELS.
+    buffer = io.BytesIO()
+    Image.new("RGB", (1600, 1600), (90, 120, 150)).save(buffer, format="PNG")
+    files = {"file": ("big-lq.png", buffer.getvalue(), "image/png")}
+    refused = api.client.post(
+        f"/api/v1/projects/{project_id}/uploads", files=files, data={"kind": "lq"}, headers=api.admin
+    )
+    assert refused.status_code == 422
+    assert "its x4 candidates would be 6400x6400" in refused.json()["detail"]

@@ -67,8 +67,10 @@ def test_beat_schedule_sends_the_tick(monkeypatch: pytest.MonkeyPatch) -> None:
         app = make_celery()
     finally:
         get_settings.cache_clear()
-    [entry] = app.conf.beat_schedule.values()
+    entry = app.conf.beat_schedule["retrain"]
     assert entry["task"] == RETRAIN_TASK_NAME and RETRAIN_TASK_NAME in app.tasks
+    # The job layer's recovery ticks (dspo/jobs.py) run from the same beat.
+    assert {e["task"] for e in app.conf.beat_schedule.values()} <= set(app.tasks)
 
 
 def test_racing_ticks_make_one_dataset(runtime: Runtime) -> None:

@@ -65,7 +65,9 @@ def test_demo_prepares_a_project_that_serves(tmp_path: Path) -> None:
 
 def test_serve_answers_on_its_port(tmp_path: Path, unused_tcp_port: int) -> None:
     assert dspo(tmp_path, "db", "upgrade").returncode == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPO_")}
+    refused = dspo(tmp_path, "serve", "--port", str(unused_tcp_port))  # the default secret key
+    assert refused.returncode != 0 and "DSPO_SECRET_KEY is the default" in refused.stderr, refused.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPO_")} | {"DSPO_DEVELOPMENT": "true"}
     server = subprocess.Popen(
         [sys.executable, "-m", "dspo.cli", "serve", "--port", str(unused_tcp_port)], cwd=tmp_path, env=env
     )
@@ -78,6 +80,9 @@ def test_serve_answers_on_its_port(tmp_path: Path, unused_tcp_port: int) -> None
                 assert server.poll() is None, "dspo serve exited"
                 time.sleep(0.2)
         assert response.json() == {"status": "ok"}
+        ready = httpx.get(f"http://127.0.0.1:{unused_tcp_port}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -5,8 +5,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from dspo.models import User, Vote
-from tests.helpers import png_bytes
+from dspo.db import session_scope
+from dspo.models import Job, User, Vote
+from tests.helpers import png_bytes, wait_for_jobs
 from tests.ui.conftest import Site, photo_png, screenshot, shown_task
 
 DROP_FILES = """([names, payloads]) => {
@@ -79,3 +80,20 @@ def test_admin_pages_upload_by_drag_and_drop(site: Site, new_page: Any) -> None:
         answers = session.scalar(select(func.count()).select_from(Vote).join(User).where(*mine))
     assert page.locator("tr", has_text="alice").locator("td").nth(3).inner_text() == str(answers)
     screenshot(page, "admin-users.png")
+
+
+def test_a_failed_job_is_retried_from_the_jobs_page(site: Site, new_page: Any) -> None:
+    project_id = site.make_project("retry")
+    with session_scope(site.runtime.sessions) as session:
+        job = session.scalars(select(Job).where(Job.project_id == project_id, Job.kind == "tasks")).one()
+        job.state, job.error, job_id = "failed", "the worker died 3 times while running this job", job.id
+
+    page = new_page("root")
+    page.goto(f"/admin/jobs?project_id={project_id}")
+    row = page.locator("tr", has_text="the worker died 3 times")
+    assert page.locator("button", has_text="Retry").count() == 1  # only the failed job has one
+    row.locator("button", has_text="Retry").click()
+    page.wait_for_url(lambda url: url.endswith("/admin/jobs"))
+    wait_for_jobs(site.http, site.admin, project_id)
+    job_now = site.http.get(f"/api/v1/jobs/{job_id}", headers=site.admin).json()
+    assert (job_now["state"], job_now["error"]) == ("succeeded", None)

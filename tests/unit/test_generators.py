@@ -11,6 +11,7 @@ from PIL import Image
 from skimage import data
 
 from dspo.images import degrade, encode_png
+from tests.conftest import cannot_run
 from worker.generators import Candidate, Generator, GeneratorUnavailable, get_generator
 from worker.generators.classical import ClassicalGenerator
 from worker.generators.distinct import difference, pick_distinct
@@ -238,3 +239,17 @@ def test_realesrgan_without_fill_refuses_too_many(realesrgan, tiny: Image.Image)
         strict.generate(tiny, scale=2, n=2, seed=0)
     with pytest.raises(ValueError, match="unknown Real-ESRGAN models"):
         get_generator("realesrgan", models=("realesrgan-x8",))
+
+
+def test_realesrgan_runs_in_tiles_by_default() -> None:
+    from worker.generators.realesrgan import RealesrganGenerator
+
+    try:
+        RealesrganGenerator(tilesize=0)
+    except GeneratorUnavailable as exc:
+        cannot_run(f"the realesrgan extra cannot run here: {exc}")
+
+    assert RealesrganGenerator().tilesize == 64  # DSPO_REALESRGAN_TILE_SIZE: bounded memory
+    assert RealesrganGenerator(tilesize=0).tilesize == 0  # a project may ask for untiled
+    with pytest.raises(ValueError, match="at least 32"):
+        RealesrganGenerator(tilesize=16)

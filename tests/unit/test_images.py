@@ -318,3 +318,15 @@ def test_mask_png_round_trip() -> None:
     assert back.dtype == bool and np.array_equal(back, mask)
     with pytest.raises(ValueError, match="not a readable mask"):
         png_to_mask(b"nope")
+
+
+def test_degrading_in_bands_gives_the_same_bytes() -> None:
+    """Bounded memory (DSPO_WORKER_BAND_ROWS) changes nothing in the LQ image: the blur's sums and the
+    noise's random stream are the same band by band as for the whole image."""
+    rng = np.random.default_rng(1)
+    for seed in range(8):
+        hq = Image.fromarray(rng.integers(0, 256, (97 + 13 * seed, 131, 3), dtype=np.uint8))
+        whole, whole_params = degrade(hq, scale=4, seed=seed)
+        banded, banded_params = degrade(hq, scale=4, seed=seed, band_rows=7)
+        assert banded_params == whole_params
+        assert np.array_equal(np.asarray(banded), np.asarray(whole)), seed

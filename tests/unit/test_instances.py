@@ -131,3 +131,13 @@ def test_the_loop_on_a_real_photo() -> None:
         assert instance.mask.shape == arrays[0].shape[:2]
     scores = [contested(arrays, i.mask, 0.0) for i in instances]
     assert all(0.0 < s < 255.0 for s in scores)
+
+
+def test_contested_in_bands_matches_the_whole_mask() -> None:
+    rng = np.random.default_rng(3)
+    candidates = [rng.integers(0, 256, (90, 70, 3), dtype=np.uint8) for _ in range(4)]
+    mask = np.zeros((90, 70), dtype=bool)
+    mask[10:80, 5:50] = True
+    for threshold in (0.0, 40.0):
+        whole = contested(candidates, mask, threshold)
+        assert contested(candidates, mask, threshold, band_rows=8) == pytest.approx(whole, rel=1e-6)

@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from dspo.images import to_rgb
+from dspo.settings import get_settings
 from worker.generators.base import Candidate, GeneratorUnavailable, check_request
 from worker.generators.classical import DENOISERS, METHODS, classical_upscale, draw_settings, refine
 from worker.generators.distinct import MAX_ATTEMPTS, MIN_DIFFERENCE, check_settings, pick_distinct
@@ -109,7 +110,7 @@ class RealesrganGenerator:
         models: Sequence[str] = DEFAULT_FAMILIES,
         *,
         gpuid: int = -1,
-        tilesize: int = 0,
+        tilesize: int | None = None,
         tta: bool = False,
         fill_with_classical: bool = True,
         min_difference: float = MIN_DIFFERENCE,
@@ -120,7 +121,12 @@ class RealesrganGenerator:
             raise ValueError(f"unknown Real-ESRGAN models {unknown}; known: {', '.join(FAMILIES)}")
         self.families = tuple(models)
         self.gpuid = gpuid
-        self.tilesize = tilesize
+        # Tiles bound a call's memory whatever the image's size (untiled, one x4plus call took 2.5 GB
+        # for a 128x128 LQ image and grows with its area: docs/benchmarks.md); None: the worker's
+        # DSPO_REALESRGAN_TILE_SIZE, 0: untiled.
+        self.tilesize = get_settings().realesrgan_tile_size if tilesize is None else tilesize
+        if self.tilesize and self.tilesize < 32:
+            raise ValueError(f"tilesize must be 0 (untiled) or at least 32, got {self.tilesize}")
         self.tta = tta
         self.fill_with_classical = fill_with_classical
         check_settings(min_difference, max_attempts)

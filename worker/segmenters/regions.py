@@ -39,6 +39,7 @@ from skimage.color import rgb2lab
 from skimage.measure import regionprops
 from skimage.segmentation import slic
 
+from dspo.images import bands
 from worker.segmenters.classical import _check_max_side, _prepare, _restore
 
 COLOUR_BINS = 16
@@ -359,13 +360,21 @@ class RegionSegmenter:
 
 def _spread(candidates: Sequence[Image.Image], shape: tuple[int, int]) -> np.ndarray:
     """Per-pixel standard deviation across the candidates (mean over RGB, 0..255), computed at full
-    size and averaged down to the working size (so fine-detail differences count)."""
-    stack = np.stack([np.asarray(c.convert("RGB"), dtype=np.float32) for c in candidates])
-    spread = stack.std(axis=0).mean(axis=2)
+    size and averaged down to the working size (so fine-detail differences count). Row band by row
+    band (SPREAD_BAND_ROWS), so that no float copy of every whole candidate is made."""
+    rgb = [c if c.mode == "RGB" else c.convert("RGB") for c in candidates]
+    width, full_height = rgb[0].size
+    spread = np.empty((full_height, width), dtype=np.float32)
+    for y0, y1 in bands(full_height, SPREAD_BAND_ROWS):
+        stack = np.stack([np.asarray(c.crop((0, y0, width, y1))) for c in rgb]).astype(np.float32)
+        spread[y0:y1] = stack.std(axis=0).mean(axis=2)
     height, width = shape
     if spread.shape != (height, width):
         spread = np.asarray(Image.fromarray(spread, mode="F").resize((width, height), Image.Resampling.BOX))
     return spread
+
+
+SPREAD_BAND_ROWS = 256  # per-pixel arithmetic: the result is the same for any band height
 
 
 def _split_components(labels: np.ndarray, background: int | None = None) -> np.ndarray:

@@ -39,7 +39,9 @@
         }
         if (xhr.status === 201) {
           bar.value = 1;
-          status.textContent = body.duplicate ? " already uploaded before" : ` queued as job ${body.job_id}`;
+          if (!body.duplicate) status.textContent = ` queued as job ${body.job_id}`;
+          else if (body.job_id) status.textContent = ` already uploaded before; its processing restarted as job ${body.job_id}`;
+          else status.textContent = " already uploaded before";
         } else {
           status.textContent = ` failed: ${typeof body.detail === "string" ? body.detail : `HTTP ${xhr.status}`}`;
           status.className = "error";
