@@ -365,6 +365,11 @@ class Loop:
         return quality(self.held_out, self.outputs(who))
 
 
+def bicubic_of(lq: np.ndarray) -> np.ndarray:
+    img = Image.fromarray(lq)
+    return np.asarray(img.resize((img.width * SCALE, img.height * SCALE), Image.Resampling.BICUBIC))
+
+
 def quality(held_out: list[HeldOut], outputs: dict[int, np.ndarray]) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM of the outputs against the HQ images."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -720,12 +725,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 comparisons.append(evaluate_pair(loop, a, b))
 
     how = {c.how for c in comparisons}
+    bicubic = quality(loop.held_out, {i.source_id: bicubic_of(i.lq) for i in loop.held_out})
     header = (
         f"Loop benchmark, seed {args.seed}, oracle {args.oracle}, size {args.size}: "
         f"{sizes.sources} round-1 sources, {len(loop.held_out)} held-out, {sizes.annotators} annotators, "
         f"{counts.get('records', '?')} dataset records, {sizes.train_steps} training steps each"
         + (f", base model reused from {base} (not pretrained in this run)" if args.base else "")
-        + ". Evaluation: "
+        + f". Bicubic upsampling of the held-out LQ images: PSNR {bicubic['psnr']:.2f}, "
+        f"SSIM {bicubic['ssim']:.3f}. Evaluation: "
         + (
             "computed directly with the oracle on the outputs (blind sides, the simulated annotators' "
             "noise), NOT through the service's evaluation rounds"
@@ -746,6 +753,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {"a": c.a.name, "b": c.b.name, "how": c.how, "quality": c.quality, "summary": c.summary}
             for c in comparisons
         ],
+        "bicubic": bicubic,
         "seconds": watch.seconds,
         "plot": str(out / "loop.png") if plotted else None,
     }
