@@ -548,13 +548,20 @@ def stage_dataset(loop: Loop, out: Path) -> tuple[int, Path, dict]:
 def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path) -> Contender:
     """`dspo train` (the trainer's CLI, run in this process: a new interpreter would spend a minute of
     a loaded CPU importing torch again), then the LoRA registered as a model version over REST."""
+    import pyarrow.parquet as pq
+
     from dspo.cli import main as dspo_cli
 
     s = loop.sizes
     run = out / f"train-{loss}"
+    # Image-level DPO and SFT read the image-level records (one per source at most): a small round may
+    # not fill a batch with them, and the trainer refuses a batch it cannot fill.
+    instance_ids = pq.read_table(dataset / "records.parquet", columns=["instance_id"])["instance_id"]
+    image_level = sum(i is None for i in instance_ids.to_pylist())
+    batch = s.train_batch if loss == "dspo" or not image_level else min(s.train_batch, image_level)
     argv = ["train", "--dataset", str(dataset), "--model", str(loop.base), "--output-dir", str(run)]
     argv += ["--backbone", "upscaler", "--loss", loss, "--no-progress"]
-    argv += ["--max-steps", str(s.train_steps), "--batch-size", str(s.train_batch)]
+    argv += ["--max-steps", str(s.train_steps), "--batch-size", str(batch)]
     argv += ["--resolution", str(s.resolution), "--learning-rate", str(s.learning_rate)]
     argv += ["--lora-rank", str(s.lora_rank), "--beta", str(s.beta), "--seed", str(loop.args.seed)]
     log = out / f"train-{loss}.log"
