@@ -9,7 +9,7 @@ import json
 import re
 import sys
 
-from trainer.config import CHOICES, TrainConfig
+from trainer.config import CHOICES, PretrainConfig, TrainConfig
 
 
 def field_help() -> dict[str, str]:
@@ -88,6 +88,18 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pretrain(args: argparse.Namespace) -> int:
+    from trainer.pretrain import pretrain, read_pairs
+
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+    try:
+        print(pretrain(read_pairs(args.lq, args.hq), args.output_dir, cfg))
+    except (ValueError, OSError) as e:
+        print(f"dspo pretrain: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
@@ -126,3 +138,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--backbone", required=True, choices=["upscaler", "onestep"])
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=run_make_tiny_model)
+
+    pre = subparsers.add_parser(
+        "pretrain", help="train a small x4 upscaler (a diffusers folder) from scratch on (LQ, HQ) pairs"
+    )
+    pre.add_argument(
+        "--lq", required=True, help="a folder of LQ images, 1/4 the size of the HQ ones, same names"
+    )
+    pre.add_argument("--hq", required=True, help="a folder of HQ images")
+    pre.add_argument("--output-dir", required=True)
+    for field in dataclasses.fields(PretrainConfig):
+        pre.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+    pre.set_defaults(func=run_pretrain)

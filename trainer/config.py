@@ -102,3 +102,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Settings of `dspo pretrain` (trainer/pretrain.py): a small x4 upscaler trained from scratch."""
+
+    vae_steps: int = 400
+    unet_steps: int = 800
+    crop: int = 64  # HQ crop side of the UNet's batches (a multiple of 16); the LQ crop is crop / 4
+    vae_crop: int = 32  # HQ crop side of the VAE's batches: it is convolutional, small crops train it as well
+    batch_size: int = 8
+    vae_lr: float = 2e-3
+    unet_lr: float = 1e-3
+    width: int = 1  # channel multiplier of the VAE and UNet (1: trainer/tiny.py's sizes)
+    latent_channels: int = 8  # SD's 4 at factor 4 keep 1/12 of the numbers: too few for a model this small
+    prompt: str = "a photo"  # the condition the UNet learns; sources should use the same prompt
+    noise_level: int = 20  # LQ noise level of the conditioning, the pipeline's default at inference
+    kl_weight: float = 1e-6
+    seed: int = 0
+    device: str = "cpu"

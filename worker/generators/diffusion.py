@@ -10,6 +10,7 @@ its candidates can differ only by prompt, so it needs n distinct prompts.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +33,12 @@ def _digest(model: str, lora: str | None) -> str:
         digest.update(path.name.encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+# Jobs that run in-process run in threads, and neither loading (accelerate's empty-weights context
+# patches torch globally: a second load at the same time gets meta tensors) nor running a pipeline (its
+# scheduler keeps the timesteps of the current call) is thread-safe: one generation at a time.
+_ONE_AT_A_TIME = threading.Lock()
 
 
 @lru_cache(maxsize=2)
@@ -94,6 +101,10 @@ class DiffusionGenerator:
             raise ValueError(f"the upscaler backbone makes x4 images; the project's scale is {scale}")
         if self.backbone == "onestep" and len({self.prompts[i % len(self.prompts)] for i in range(n)}) < n:
             raise ValueError("the one-step backbone is deterministic: give n distinct prompts")
+        with _ONE_AT_A_TIME:
+            return self._generate(lq, scale=scale, n=n, seed=seed)
+
+    def _generate(self, lq: Image.Image, *, scale: int, n: int, seed: int) -> list[Candidate]:
         import torch
 
         pipe, digest = _pipeline(self.backbone, self.model, self.lora, self.device)

@@ -1,0 +1,773 @@
+"""The closed loop, measured (SPEC §1 step 8, docs/loop.md): does a round of preferences make the model
+better, and is DSPO better than image-level DPO and SFT on the same votes?
+
+    python bench/loop.py                        # defaults: meant for 20 minutes on 2 idle cores (estimated)
+    python bench/loop.py --seed 1 --oracle fidelity --size gpu --device cuda
+
+One run, top to bottom:
+1. **Pretrain** a base model that can super-resolve: the x4 upscaler architecture (trainer/pretrain.py
+   says why), trained from scratch on (LQ, HQ) pairs made with the project's own degradation
+   (dspo.images.degrade) from photographs that ship with scikit-image. The only stage outside the
+   service: the service has no pretraining.
+2. **Round 1, through the service over HTTP** (a real uvicorn server in a thread, jobs in-process): a
+   project whose generator is the base model (its `diffusion` generator, candidates varying seed,
+   guidance and steps), HQ uploads of other photographs (ingest, candidates, instances, tasks run as
+   the service's jobs), and held-out uploads of a third set; simulated annotators
+   (dspo.simulate.Simulation, judging by `--oracle`) answer every task through the REST API; a dataset
+   version is built and downloaded (dataset.tar) through the REST API.
+3. **Train** DSPO, image-level DPO and SFT from that dataset with the same budget and seed. The service
+   has no route that trains a given dataset with a given loss (scheduled retraining trains with the
+   project's settings), so the trainer's CLI (`dspo train`) runs on the downloaded dataset, as a user
+   would run it (in this process); each LoRA is then registered as a model version through the REST
+   API.
+4. **Evaluate** on the held-out sources: each trained model against the base, and DSPO against DPO,
+   blind and pairwise, answered by simulated annotators with the same profiles (`evaluate_pair`).
+5. **Report**: one table (win rate of B over A with ties apart and as halves, Wilson 95% intervals, the
+   sign test; PSNR/SSIM against HQ as secondary columns; wall time per stage), saved with a plot
+   (win rates with their intervals) in `--out`.
+
+Everything is seeded by `--seed` (pretraining, the held-out draw, candidates, annotators, training).
+Photographs are split by scene, so no scene is in two of pretraining, round 1 and the held-out set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/loop.py` from the root
+
+from dspo.evaluation_stats import EvalAnswer, EvaluationSummary, summarise  # noqa: E402
+from dspo.images import degrade  # noqa: E402
+from dspo.oracles import Oracle, OracleQuery, judge, load_oracle  # noqa: E402
+from dspo.simulate import Profile, Simulation, decide, profiles  # noqa: E402
+
+API = "/api/v1"
+ADMIN_PASSWORD = "bench-admin-password"  # of the admin account of the installation it starts
+SCALE = 4
+PROMPT = "a photo"  # the prompt the base model learnt (trainer/pretrain.py); every source uses it
+# scikit-image's photographs, split by scene. Pretraining gets the most pixels; round 1 and the
+# held-out set get scenes of their own (astronaut/coffee are people and objects, chelsea/rocket too).
+PRETRAIN_PHOTOS = (
+    "retina",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "motorcycle_left",
+    "camera",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+    "page",
+)
+ROUND_PHOTOS = ("astronaut", "coffee", "text", "cell")
+HELD_OUT_PHOTOS = ("chelsea", "rocket", "coins")
+
+
+@dataclasses.dataclass
+class Sizes:
+    """Sizes and budgets; every field is a flag (--tile, --sources, ...)."""
+
+    tile: int = 128  # HQ side of a source (its LQ image is tile / 4)
+    sources: int = 12  # round-1 sources
+    held_out: int = 16  # held-out sources, the evaluation items
+    candidates: int = 4  # N
+    overlap: int = 3  # k, votes per task
+    annotators: int = 5
+    # Candidate i uses the i-th guidance and steps (cycled): the project's generator settings. An
+    # evaluation makes both sides' outputs with the first (the service's rule: candidate 0, one seed).
+    guidance: str = "3,1,5,7.5"
+    steps: str = "15,10,10,15"
+    pretrain_side: int = 512  # pretraining photographs are scaled down to this: more structure per crop
+    degradations: int = 3  # LQ versions (degradation seeds) of each pretraining photograph
+    pretrain_crop: int = 64  # HQ crop side of the UNet's batches (the VAE's: half of it)
+    vae_steps: int = 300
+    unet_steps: int = 300
+    width: int = 1
+    train_steps: int = 100  # each of DSPO, DPO and SFT
+    train_batch: int = 4
+    resolution: int = 64
+    learning_rate: float = 1e-4
+    lora_rank: int = 8
+    beta: float = 2500.0  # the upscaler's default in the trainer (the paper's code, in SPEC §3's convention)
+
+
+SIZES = {
+    "default": Sizes(),
+    # The test suite's: minutes, no quality claim.
+    "tiny": Sizes(
+        tile=64,
+        sources=2,
+        held_out=3,
+        candidates=2,
+        overlap=1,
+        annotators=2,
+        guidance="3,1",
+        steps="2,3",
+        pretrain_side=96,
+        degradations=1,
+        pretrain_crop=32,
+        vae_steps=2,
+        unet_steps=2,
+        train_steps=2,
+        train_batch=2,
+    ),
+    "gpu": Sizes(
+        sources=48,
+        held_out=27,  # every held-out tile of 128 px
+        annotators=7,
+        steps="20,30,20,30",
+        vae_steps=4000,
+        unet_steps=8000,
+        width=4,
+        train_steps=1000,
+        train_batch=16,
+        resolution=128,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Photographs
+
+
+def photograph(name: str) -> Image.Image:
+    from skimage import data
+
+    loader = getattr(data, name, None)
+    if loader is None:  # shipped, without a loader of its own
+        return Image.open(Path(data.__file__).parent / f"{name}.png").convert("RGB")
+    return Image.fromarray(loader()).convert("RGB")
+
+
+def tiles(names: tuple[str, ...], side: int) -> list[tuple[str, Image.Image]]:
+    """Every whole side x side tile of the photographs, named photo-row-col."""
+    out = []
+    for name in names:
+        img = photograph(name)
+        for row in range(img.height // side):
+            for col in range(img.width // side):
+                box = (col * side, row * side, (col + 1) * side, (row + 1) * side)
+                out.append((f"{name}-{row}-{col}", img.crop(box)))
+    return out
+
+
+def draw(items: list, n: int, rng: np.random.Generator) -> list:
+    if n > len(items):
+        raise SystemExit(f"only {len(items)} tiles of this size: ask for fewer sources or a smaller --tile")
+    return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
+
+
+def pretraining_pairs(sizes: Sizes, seed: int) -> list[tuple[Image.Image, Image.Image]]:
+    """(LQ, HQ) pairs: each pretraining photograph, scaled down, degraded as the service degrades HQ
+    uploads, with several degradation seeds."""
+    pairs = []
+    for index, name in enumerate(PRETRAIN_PHOTOS):
+        img = photograph(name)
+        img.thumbnail((sizes.pretrain_side, sizes.pretrain_side), Image.Resampling.LANCZOS)
+        for k in range(sizes.degradations):
+            lq, _ = degrade(img, scale=SCALE, seed=seed * 1000 + index * 10 + k)
+            pairs.append((lq, img.crop((0, 0, lq.width * SCALE, lq.height * SCALE))))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------------
+# The service
+
+
+@contextmanager
+def service(root: Path) -> Iterator[str]:
+    """A fresh installation (SQLite, blobs, jobs in-process) served by uvicorn in a thread; yields its
+    URL. The admin account is made as `dspo user create` makes it."""
+    import uvicorn
+
+    from annotation_server.main import create_app
+    from dspo.jobs import shutdown_executor
+    from dspo.migrate import upgrade
+    from dspo.runtime import Runtime
+    from dspo.services.users import ensure_user
+    from dspo.settings import Settings
+
+    settings = Settings(database_url=f"sqlite:///{root}/dspo.db", storage_root=root / "blobs", broker_url="")
+    upgrade(settings.database_url)
+    runtime = Runtime.from_settings(settings)
+    ensure_user(runtime, "admin", "admin", ADMIN_PASSWORD)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        shutdown_executor(runtime)
+        runtime.close()
+
+
+class Client:
+    """The admin's REST calls, with the waits the benchmark needs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url + API, timeout=120)
+        login = self.http.post("/auth/login", data={"username": "admin", "password": ADMIN_PASSWORD})
+        self.token = ok(login).json()["access_token"]
+        self.http.headers["Authorization"] = f"Bearer {self.token}"
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return ok(self.http.get(path, **kwargs)).json()
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return ok(self.http.post(path, **kwargs)).json()
+
+    def wait_job(self, job_id: int) -> dict:
+        while (job := self.get(f"/jobs/{job_id}"))["state"] not in ("succeeded", "failed"):
+            time.sleep(0.2)
+        if job["state"] == "failed":
+            raise RuntimeError(f"job {job_id} ({job['kind']}) failed: {job.get('error')}")
+        return job
+
+    def wait_project_jobs(self, project_id: int) -> None:
+        """Until no job of the project is queued or running (the chains add their next jobs as they go)."""
+        while True:
+            jobs = self.get("/jobs", params={"project_id": project_id, "limit": 1000})
+            failed = [j for j in jobs if j["state"] == "failed"]
+            if failed:
+                raise RuntimeError(f"a job failed: {failed[0]['kind']}: {failed[0].get('error')}")
+            if jobs and all(j["state"] == "succeeded" for j in jobs):
+                return
+            time.sleep(0.5)
+
+    def has_route(self, path: str) -> bool:
+        return API + path in self.get_openapi()["paths"]
+
+    def get_openapi(self) -> dict:
+        return ok(httpx.get(self.url + "/openapi.json", timeout=60)).json()
+
+    def png(self, path: str) -> np.ndarray:
+        response = ok(self.http.get(path))
+        return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+
+
+def ok(response: httpx.Response) -> httpx.Response:
+    if response.is_error:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url}: {response.status_code} {response.text[:500]}"
+        )
+    return response
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """A generator an evaluation names: the project's base model (no LoRA) or a model version."""
+
+    name: str
+    model_version_id: int | None = None
+    lora: str | None = None
+
+
+@dataclasses.dataclass
+class Comparison:
+    a: Contender
+    b: Contender
+    summary: dict[str, Any]  # dspo.evaluation_stats, as EvaluationSummary.to_dict() (and the service) give it
+    quality: dict[str, dict[str, float]]  # contender name -> mean psnr, ssim against HQ
+    how: str  # "service" or "oracle-direct"
+
+
+@dataclasses.dataclass
+class HeldOut:
+    source_id: int
+    lq: np.ndarray
+    hq: np.ndarray
+
+
+class Loop:
+    """What the stages share: the service client, the project, the base model, the settings."""
+
+    def __init__(self, client: Client, project_id: int, base: Path, sizes: Sizes, args: argparse.Namespace):
+        self.client, self.project_id, self.base, self.sizes, self.args = client, project_id, base, sizes, args
+        self.oracle: Oracle = load_oracle(args.oracle)
+        base_profile = Profile(noise=args.noise, tie_threshold=args.tie_threshold, skip_rate=args.skip_rate)
+        self.profiles = profiles(base_profile, sizes.annotators, spread=args.spread, seed=args.seed)
+        self._outputs: dict[str, dict[int, np.ndarray]] = {}
+        self.held_out: list[HeldOut] = []
+        self.rounds = 0  # evaluation rounds so far: each draws its annotators' noise afresh
+
+    def load_held_out(self) -> None:
+        """The held-out sources' LQ and HQ images, as the service stores them."""
+        sources = self.client.get(
+            f"/projects/{self.project_id}/sources", params={"held_out": True, "limit": 1000}
+        )
+        for source in sorted(sources, key=lambda s: s["id"]):
+            lq = self.client.png(f"/images/sources/{source['id']}/lq")
+            hq = self.client.png(f"/images/sources/{source['id']}/hq")  # the upload: crop to the SR size
+            hq = hq[: lq.shape[0] * SCALE, : lq.shape[1] * SCALE]
+            self.held_out.append(HeldOut(source["id"], lq, hq))
+
+    def outputs(self, who: Contender) -> dict[int, np.ndarray]:
+        """One output per held-out source, the same seed and settings for every contender."""
+        if who.name not in self._outputs:
+            import torch
+
+            from trainer.evaluate import load_pipeline
+
+            pipe = load_pipeline("upscaler", str(self.base), who.lora, self.args.device)
+            made = {}
+            for item in self.held_out:
+                generator = torch.Generator(pipe.device).manual_seed(
+                    self.args.seed * 100_003 + item.source_id
+                )
+                image = pipe(
+                    prompt=PROMPT,
+                    image=Image.fromarray(item.lq),
+                    num_inference_steps=int(self.sizes.steps.split(",")[0]),
+                    guidance_scale=float(self.sizes.guidance.split(",")[0]),
+                    generator=generator,
+                ).images[0]
+                made[item.source_id] = np.asarray(image.convert("RGB"))
+            self._outputs[who.name] = made
+        return self._outputs[who.name]
+
+    def quality(self, who: Contender) -> dict[str, float]:
+        return quality(self.held_out, self.outputs(who))
+
+
+def bicubic_of(lq: np.ndarray) -> np.ndarray:
+    img = Image.fromarray(lq)
+    return np.asarray(img.resize((img.width * SCALE, img.height * SCALE), Image.Resampling.BICUBIC))
+
+
+def quality(held_out: list[HeldOut], outputs: dict[int, np.ndarray]) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of the outputs against the HQ images."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    psnr = [peak_signal_noise_ratio(i.hq, outputs[i.source_id], data_range=255) for i in held_out]
+    ssim = [
+        structural_similarity(i.hq, outputs[i.source_id], channel_axis=2, data_range=255) for i in held_out
+    ]
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
+
+
+def evaluate_pair(loop: Loop, a: Contender, b: Contender) -> Comparison:
+    """A blind pairwise evaluation of B against A on the held-out sources, answered by the simulated
+    annotators: through the service's evaluation rounds where the server has them, else computed here
+    (`evaluate_direct`)."""
+    if loop.client.has_route("/projects/{project_id}/evaluations"):
+        return evaluate_service(loop, a, b)
+    summary = evaluate_direct(loop, a, b).to_dict()
+    return Comparison(a, b, summary, {c.name: loop.quality(c) for c in (a, b)}, "oracle-direct")
+
+
+def evaluate_service(loop: Loop, a: Contender, b: Contender) -> Comparison:
+    """An evaluation round of the service: its job makes both outputs per held-out source (same seed
+    and settings), the simulated annotators answer its blind tasks over HTTP as they answer any task,
+    and the service computes the numbers; closing the round records its promotion decision."""
+    client, project = loop.client, loop.project_id
+
+    def side(c: Contender) -> dict[str, int]:
+        return {} if c.model_version_id is None else {"model_version_id": c.model_version_id}
+
+    body = {"name": f"{b.name} vs {a.name}", "a": side(a), "b": side(b), "seed": loop.args.seed}
+    evaluation = client.post(
+        f"/projects/{project}/evaluations", json=body | {"required_votes": len(loop.profiles)}
+    )
+    client.wait_job(evaluation["job_id"])
+    loop.rounds += 1
+    seed = loop.args.seed + 1000 * loop.rounds  # the annotators' draws differ from round to round
+    Simulation(client.url, project, client.token, loop.oracle, loop.profiles, seed=seed).run()
+    client.post(f"/evaluations/{evaluation['id']}/close")
+    summary = client.get(f"/evaluations/{evaluation['id']}")["summary"]
+    outputs: dict[str, dict[int, np.ndarray]] = {a.name: {}, b.name: {}}
+    for row in client.get(f"/evaluations/{evaluation['id']}/answers"):
+        for who, key in ((a, "a_candidate_id"), (b, "b_candidate_id")):
+            if row["source_id"] not in outputs[who.name]:
+                outputs[who.name][row["source_id"]] = client.png(f"/images/candidates/{row[key]}")
+    answered = [item for item in loop.held_out if item.source_id in outputs[a.name]]
+    return Comparison(a, b, summary, {c.name: quality(answered, outputs[c.name]) for c in (a, b)}, "service")
+
+
+def evaluate_direct(loop: Loop, a: Contender, b: Contender) -> EvaluationSummary:
+    """The evaluation round computed here, without the service: every simulated annotator sees each
+    held-out source's LQ image and the two outputs, B on a side drawn for it, and answers as
+    dspo.simulate decides (its noise, tie threshold, position bias and skips) from the oracle's scores.
+    A fallback for as long as the service has no evaluation rounds."""
+    outputs_a, outputs_b = loop.outputs(a), loop.outputs(b)
+    loop.rounds += 1
+    answers, skips = [], 0
+    for number, profile in enumerate(loop.profiles):
+        rng = np.random.default_rng([loop.args.seed, loop.rounds, number])
+        for item in loop.held_out:
+            b_side = "left" if rng.random() < 0.5 else "right"
+            if rng.random() < profile.skip_rate:
+                skips += 1
+                continue
+            pair = [outputs_b[item.source_id], outputs_a[item.source_id]]
+            shown = pair if b_side == "left" else pair[::-1]
+            height, width = shown[0].shape[:2]
+            query = OracleQuery(
+                lq=item.lq,
+                candidates=shown,
+                hq=item.hq,
+                mask=None,
+                box=(0, 0, width, height),
+                scale=SCALE,
+                kind="image",
+                prompt=PROMPT,
+            )
+            decision = decide(judge(loop.oracle, query).scores, profile, rng)
+            answer = "tie" if decision.outcome == "tie" else ("left" if decision.best == 0 else "right")
+            answers.append(EvalAnswer(annotator=number, item=item.source_id, b_side=b_side, answer=answer))
+    return summarise(answers, skips)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        print(f"[loop] {stage} ...", flush=True)
+        started = time.monotonic()
+        yield
+        self.seconds[stage] = time.monotonic() - started
+        print(f"[loop] {stage}: {self.seconds[stage]:.1f} s", flush=True)
+
+
+def stage_pretrain(out: Path, sizes: Sizes, args: argparse.Namespace) -> Path:
+    from trainer.config import PretrainConfig
+    from trainer.pretrain import pretrain
+
+    cfg = PretrainConfig(
+        vae_steps=sizes.vae_steps,
+        unet_steps=sizes.unet_steps,
+        crop=sizes.pretrain_crop,
+        vae_crop=sizes.pretrain_crop // 2,
+        width=sizes.width,
+        prompt=PROMPT,
+        seed=args.seed,
+        device=args.device,
+    )
+    return pretrain(pretraining_pairs(sizes, args.seed), out, cfg)
+
+
+def stage_project(client: Client, base: Path, sizes: Sizes, args: argparse.Namespace) -> int:
+    """The project, its base generator (the pretrained model, no LoRA) and its uploads, through the
+    REST API; returns when the service's jobs have made every task."""
+    project = client.post(
+        "/projects",
+        json={
+            "name": f"loop-seed{args.seed}",
+            "n_candidates": sizes.candidates,
+            "overlap": sizes.overlap,
+            "scale": SCALE,
+            "generator": "diffusion",
+            "generator_settings": {
+                "model": str(base),
+                "backbone": "upscaler",
+                "guidance": [float(g) for g in sizes.guidance.split(",")],
+                "steps": [int(s) for s in sizes.steps.split(",")],
+                "prompts": [PROMPT],
+                "device": args.device,
+            },
+            "segmenter": "regions",
+        },
+    )
+    rng = np.random.default_rng([args.seed, 2])
+    uploads = [(t, False) for t in draw(tiles(ROUND_PHOTOS, sizes.tile), sizes.sources, rng)]
+    uploads += [(t, True) for t in draw(tiles(HELD_OUT_PHOTOS, sizes.tile), sizes.held_out, rng)]
+    for (name, img), held_out in uploads:
+        client.post(
+            f"/projects/{project['id']}/uploads",
+            files={"file": (f"{name}.png", png_bytes(img), "image/png")},
+            data={"kind": "hq", "prompt": PROMPT, "held_out": str(held_out).lower()},
+        )
+    client.wait_project_jobs(project["id"])
+    return project["id"]
+
+
+def stage_votes(loop: Loop) -> list[Any]:
+    token = loop.client.token
+    return Simulation(
+        loop.client.url, loop.project_id, token, loop.oracle, loop.profiles, seed=loop.args.seed
+    ).run()
+
+
+def stage_dataset(loop: Loop, out: Path) -> tuple[int, Path, dict]:
+    """A dataset version through the REST API, downloaded and unpacked as a trainer would get it."""
+    build = loop.client.post(
+        f"/projects/{loop.project_id}/datasets",
+        json={"seed": loop.args.seed, "exports": [], "val_fraction": 0.1},
+    )
+    loop.client.wait_job(build["job_id"])
+    dataset = loop.client.get(f"/datasets/{build['dataset']['id']}")
+    response = ok(loop.client.http.get(f"/datasets/{dataset['id']}/files/dataset.tar"))
+    folder = out / f"dataset-{dataset['id']}"
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+        tar.extractall(folder, filter="data")
+    roots = [p.parent for p in folder.rglob("manifest.json")]
+    return dataset["id"], roots[0], dataset["counts"] or {}
+
+
+def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path) -> Contender:
+    """`dspo train` (the trainer's CLI, run in this process: a new interpreter would spend a minute of
+    a loaded CPU importing torch again), then the LoRA registered as a model version over REST."""
+    import pyarrow.parquet as pq
+
+    from dspo.cli import main as dspo_cli
+
+    s = loop.sizes
+    run = out / f"train-{loss}"
+    # Image-level DPO and SFT read the image-level records (one per source at most): a small round may
+    # not fill a batch with them, and the trainer refuses a batch it cannot fill.
+    instance_ids = pq.read_table(dataset / "records.parquet", columns=["instance_id"])["instance_id"]
+    image_level = sum(i is None for i in instance_ids.to_pylist())
+    batch = s.train_batch if loss == "dspo" or not image_level else min(s.train_batch, image_level)
+    argv = ["train", "--dataset", str(dataset), "--model", str(loop.base), "--output-dir", str(run)]
+    argv += ["--backbone", "upscaler", "--loss", loss, "--no-progress"]
+    argv += ["--max-steps", str(s.train_steps), "--batch-size", str(batch)]
+    argv += ["--resolution", str(s.resolution), "--learning-rate", str(s.learning_rate)]
+    argv += ["--lora-rank", str(s.lora_rank), "--beta", str(s.beta), "--seed", str(loop.args.seed)]
+    log = out / f"train-{loss}.log"
+    with open(log, "w") as stream, redirect_stdout(stream), redirect_stderr(stream):
+        code = dspo_cli(argv)
+    if code != 0:
+        raise RuntimeError(f"dspo {' '.join(argv)} exited with {code}:\n{log.read_text()[-3000:]}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    version = loop.client.post(
+        f"/projects/{loop.project_id}/model-versions",
+        json={
+            "name": f"round1-{loss}",
+            "dataset_id": dataset_id,
+            "backbone": "upscaler",
+            "base_model": str(loop.base),
+            "lora_path": str(run),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        },
+    )
+    return Contender(loss.upper(), version["id"], str(run))
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt_interval(low: float, high: float) -> str:
+    return f"[{low:.2f}, {high:.2f}]"
+
+
+def table(comparisons: list[Comparison], seconds: dict[str, float], header: str) -> str:
+    lines = [header, ""]
+    lines.append(
+        "| B vs A | answers | B wins | A wins | ties | win rate (ties out) | 95% CI | ties as halves "
+        "| 95% CI | sign p | PSNR A / B | SSIM A / B | left share |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in comparisons:
+        o = c.summary["overall"]
+        qa, qb = c.quality[c.a.name], c.quality[c.b.name]
+        rate = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.3f}"
+        halves = "n/a" if o["win_rate_ties_as_halves"] is None else f"{o['win_rate_ties_as_halves']:.3f}"
+        left = c.summary["position"]["left_share"]
+        lines.append(
+            f"| {c.b.name} vs {c.a.name} | {o['answers']} | {o['wins_b']} | {o['wins_a']} | {o['ties']} "
+            f"| {rate} | {fmt_interval(*o['win_rate_interval'])} | {halves} "
+            f"| {fmt_interval(*o['ties_as_halves_interval'])} "
+            f"| {o['sign_test_p']:.3g} | {qa['psnr']:.2f} / {qb['psnr']:.2f} "
+            f"| {qa['ssim']:.3f} / {qb['ssim']:.3f} | {'n/a' if left is None else f'{left:.2f}'} |"
+        )
+    lines += ["", "| stage | wall time (s) |", "|---|---|"]
+    lines += [f"| {stage} | {s:.1f} |" for stage, s in seconds.items()]
+    lines.append(f"| total | {sum(seconds.values()):.1f} |")
+    return "\n".join(lines)
+
+
+def plot(comparisons: list[Comparison], path: Path, title: str) -> bool:
+    """Win rates (ties left out) with their Wilson intervals; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [f"{c.b.name} vs {c.a.name}" for c in comparisons]
+    overall = [c.summary["overall"] for c in comparisons]
+    rates = [o["win_rate"] if o["win_rate"] is not None else 0.5 for o in overall]
+    low = [r - o["win_rate_interval"][0] for r, o in zip(rates, overall, strict=True)]
+    high = [o["win_rate_interval"][1] - r for r, o in zip(rates, overall, strict=True)]
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(names) + 1.2))
+    y = np.arange(len(names))[::-1]
+    ax.errorbar(rates, y, xerr=[low, high], fmt="o", capsize=4, color="tab:blue")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("win rate of B over A (ties left out), Wilson 95% interval")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--size", choices=sorted(SIZES), default="default")
+    preset = SIZES[first.parse_known_args(argv)[0].size]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="default", help="the preset the flags below start from"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--oracle", default="fidelity", help="an oracle name (entry point dspo.oracles) or module:callable"
+    )
+    parser.add_argument("--noise", type=float, default=0.5, help="annotator noise, in the oracle's unit")
+    parser.add_argument("--tie-threshold", type=float, default=0.1)
+    parser.add_argument("--skip-rate", type=float, default=0.0)
+    parser.add_argument("--spread", type=float, default=0.5, help="how much annotators differ")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared, loaded machine 2 threads are 10x slower)",
+    )
+    parser.add_argument(
+        "--base", type=Path, help="a pretrained base model folder to reuse (skips pretraining)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where the table, plot and runs go (default var/bench-loop/seed-N)"
+    )
+    for field in dataclasses.fields(Sizes):
+        default = getattr(preset, field.name)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(default), default=default)
+    args = parser.parse_args(argv)
+    sizes = Sizes(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)})
+    return args, sizes
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args, sizes = parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch starts its thread pool
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    torch.set_num_threads(args.threads)
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+    out = (args.out or Path("var/bench-loop") / f"seed-{args.seed}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    watch = Stopwatch()
+
+    if args.base:
+        base = args.base.resolve()
+    else:
+        with watch("pretrain base"):
+            base = stage_pretrain(out / "base", sizes, args)
+
+    with tempfile.TemporaryDirectory(prefix="dspo-loop-") as tmp, service(Path(tmp)) as url:
+        client = Client(url)
+        with watch("round 1: ingest, candidates, instances, tasks"):
+            project_id = stage_project(client, base, sizes, args)
+        loop = Loop(client, project_id, base, sizes, args)
+        with watch("round 1: simulated votes"):
+            reports = stage_votes(loop)
+        with watch("round 1: dataset"):
+            dataset_id, dataset, counts = stage_dataset(loop, out)
+        trained = {}
+        for loss in ("dspo", "dpo", "sft"):
+            with watch(f"train {loss}"):
+                trained[loss] = stage_train(loop, dataset_id, dataset, loss, out)
+        loop.load_held_out()
+        base_model = Contender("base")
+        pairs = [(base_model, trained["dspo"]), (base_model, trained["dpo"]), (base_model, trained["sft"])]
+        pairs.append((trained["dpo"], trained["dspo"]))
+        comparisons = []
+        for a, b in pairs:
+            with watch(f"evaluate {b.name} vs {a.name}"):
+                comparisons.append(evaluate_pair(loop, a, b))
+
+    how = {c.how for c in comparisons}
+    bicubic = quality(loop.held_out, {i.source_id: bicubic_of(i.lq) for i in loop.held_out})
+    header = (
+        f"Loop benchmark, seed {args.seed}, oracle {args.oracle}, size {args.size}: "
+        f"{sizes.sources} round-1 sources, {len(loop.held_out)} held-out, {sizes.annotators} annotators, "
+        f"{counts.get('records', '?')} dataset records, {sizes.train_steps} training steps each"
+        + (f", base model reused from {base} (not pretrained in this run)" if args.base else "")
+        + f". Bicubic upsampling of the held-out LQ images: PSNR {bicubic['psnr']:.2f}, "
+        f"SSIM {bicubic['ssim']:.3f}. Evaluation: "
+        + (
+            "computed directly with the oracle on the outputs (blind sides, the simulated annotators' "
+            "noise), NOT through the service's evaluation rounds"
+            if how == {"oracle-direct"}
+            else "the service's evaluation rounds, answered over HTTP"
+        )
+    )
+    text = table(comparisons, watch.seconds, header)
+    print(text)
+    (out / "loop.md").write_text(text + "\n")
+    plotted = plot(comparisons, out / "loop.png", f"seed {args.seed}, oracle {args.oracle}")
+    result = {
+        "seed": args.seed,
+        "sizes": dataclasses.asdict(sizes),
+        "dataset_counts": counts,
+        "annotators": [dataclasses.asdict(r) for r in reports],
+        "comparisons": [
+            {"a": c.a.name, "b": c.b.name, "how": c.how, "quality": c.quality, "summary": c.summary}
+            for c in comparisons
+        ],
+        "bicubic": bicubic,
+        "seconds": watch.seconds,
+        "plot": str(out / "loop.png") if plotted else None,
+    }
+    (out / "loop.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"[loop] table, JSON{' and plot' if plotted else ''} in {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

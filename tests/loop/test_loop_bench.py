@@ -1,0 +1,40 @@
+"""The loop benchmark end to end at its tiny size (minutes; no quality claim): pretraining, round 1
+through a real server over HTTP (uploads, the jobs, simulated votes, a dataset downloaded over REST),
+DSPO, DPO and SFT trained by the trainer's CLI and registered as model versions, the four evaluations,
+the table, the JSON and the plot."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import loop
+
+pytestmark = pytest.mark.timeout(1800)
+
+
+def test_the_tiny_loop_runs_end_to_end(tmp_path: Path) -> None:
+    result = loop.main(["--size", "tiny", "--seed", "3", "--out", str(tmp_path)])
+
+    pairs = [(c["b"], c["a"]) for c in result["comparisons"]]
+    assert pairs == [("DSPO", "base"), ("DPO", "base"), ("SFT", "base"), ("DSPO", "DPO")]
+    sizes = loop.SIZES["tiny"]
+    for comparison in result["comparisons"]:
+        overall = comparison["summary"]["overall"]
+        # Every annotator answered every held-out source (the tiny size has no skips).
+        assert overall["answers"] == sizes.annotators * sizes.held_out
+        assert overall["wins_a"] + overall["wins_b"] + overall["ties"] == overall["answers"]
+        low, high = overall["win_rate_interval"]
+        assert 0 <= low <= high <= 1
+        assert all(0 < q["psnr"] < 100 and -1 <= q["ssim"] <= 1 for q in comparison["quality"].values())
+    assert result["dataset_counts"]["records"] > 0
+    assert {r["username"] for r in result["annotators"]} == {f"sim-p1-{n}" for n in range(sizes.annotators)}
+    assert set(result["seconds"]) >= {"pretrain base", "round 1: simulated votes", "train dspo", "train sft"}
+
+    table = (tmp_path / "loop.md").read_text()
+    assert "| DSPO vs DPO |" in table and "| total |" in table
+    assert json.loads((tmp_path / "loop.json").read_text())["seed"] == 3
+    assert (tmp_path / "loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The base model is a diffusers folder its pipeline loads, with the pretraining's record.
+    assert (tmp_path / "base" / "model_index.json").is_file()
+    assert json.loads((tmp_path / "base" / "pretrain.json").read_text())["config"]["seed"] == 3
