@@ -630,8 +630,9 @@ def plot(comparisons: list[Comparison], path: Path, title: str) -> bool:
     names = [f"{c.b.name} vs {c.a.name}" for c in comparisons]
     overall = [c.summary["overall"] for c in comparisons]
     rates = [o["win_rate"] if o["win_rate"] is not None else 0.5 for o in overall]
-    low = [r - o["win_rate_interval"][0] for r, o in zip(rates, overall, strict=True)]
-    high = [o["win_rate_interval"][1] - r for r, o in zip(rates, overall, strict=True)]
+    # A round with no decisive answer has no win rate: drawn at 0.5 without an interval.
+    low = [max(0.0, r - o["win_rate_interval"][0]) for r, o in zip(rates, overall, strict=True)]
+    high = [max(0.0, o["win_rate_interval"][1] - r) for r, o in zip(rates, overall, strict=True)]
     fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(names) + 1.2))
     y = np.arange(len(names))[::-1]
     ax.errorbar(rates, y, xerr=[low, high], fmt="o", capsize=4, color="tab:blue")

@@ -13,6 +13,11 @@ url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
 def run_migrations_online() -> None:
     engine = make_engine(url, pool_size=1)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # A batch migration rebuilds a table by copying it and dropping the old one; with foreign
+            # keys on, that drop cascades (ON DELETE CASCADE) and deletes votes, leases and members.
+            # Set on the driver's connection, outside the transaction that SQLite would ignore it in.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

@@ -48,4 +48,4 @@ def test_missing_and_corrupt_blobs_fail_clearly(
     assert wait_job(client, admin, retry.json()["job_id"])["state"] == "succeeded"
     published = client.get(f"/api/v1/datasets/{dataset['id']}", headers=admin).json()
     assert published["state"] == "published" and published["error"] is None
-    assert set(published["files"]) == {"dataset.tar", "trl/train.parquet"}
+    assert set(published["files"]) == {"dataset.tar", "trl/train.parquet", "trl/validation.parquet"}

@@ -56,7 +56,11 @@ def test_retraining_builds_trains_evaluates_and_promotes(
     jobs.submit(runtime, [jobs.JobSpec("ingest", {"source_id": s}, project_id) for s in held_ids])
     wait_jobs(runtime, project_id)
     annotators = ["a1", "a2", "a3"]
-    vote_all(runtime, project_id, users(runtime, annotators))
+    annotator_ids = users(runtime, annotators)
+    for user_id in annotator_ids:  # members, so that they get the round's tasks over REST below
+        member = client.put(f"/api/v1/projects/{project_id}/members/{user_id}", headers=admin)
+        assert member.status_code == 200, member.text
+    vote_all(runtime, project_id, annotator_ids)
     args = {"max_steps": 1, "resolution": 64, "batch_size": 1, "lora_rank": 2, "log_every": 1}
     settings = {"retrain_min_votes": 3, "train_settings": {"model": str(model), "args": args}}
     response = client.put(f"/api/v1/projects/{project_id}/retraining", json=settings, headers=admin)

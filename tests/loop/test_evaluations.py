@@ -22,7 +22,7 @@ from dspo.evaluation_stats import EvalAnswer, summarise, wilson_interval
 from dspo.models import Candidate, Vote
 from dspo.runtime import Runtime
 from dspo.services.evaluations import output_position
-from tests.helpers import login, png_bytes, submission_id
+from tests.helpers import add_members, login, png_bytes, submission_id
 
 ANNOTATORS = ("alice", "bob", "carol")
 # Side B: another classical generator than the project's (whose candidate 0 is bicubic, no denoising).
@@ -49,6 +49,7 @@ class Service:
     def project(self, held_out: int, kept: int = 0, **fields: object) -> int:
         body = {"name": uuid.uuid4().hex[:8], "n_candidates": 3, "overlap": 2, "segmenter": "felzenszwalb"}
         project_id = self.post("/projects", body | {"min_area_fraction": 0.05} | fields, status=201)["id"]
+        add_members(self.client, self.admin, project_id, *ANNOTATORS)  # type: ignore[arg-type]
         for seed in range(held_out + kept):
             response = self.client.post(
                 f"/api/v1/projects/{project_id}/uploads",
