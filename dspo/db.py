@@ -95,7 +95,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
 # A pooled connection is pinged before use when it sat idle this long (the database may have restarted
 # meanwhile), and every one is for this long after a connection was found dead (a restart or failover
 # kills them all). Otherwise no ping: it would cost every request a round trip.
-PING_AFTER_IDLE_SECONDS = 10.0
+PING_AFTER_IDLE_SECONDS = 1.0
 PING_AFTER_DISCONNECT_SECONDS = 60.0
 
 

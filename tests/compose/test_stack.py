@@ -74,7 +74,15 @@ def make_project(http: httpx.Client, admin: dict[str, str], name: str) -> int:
     body = {"name": name, "n_candidates": 3, "overlap": 3, "min_area_fraction": 0.02}
     response = http.post("/api/v1/projects", json=body, headers=admin)
     assert response.status_code == 201, response.text
-    return response.json()["id"]
+    project_id = response.json()["id"]
+    # The annotators made so far work on it: a new project has no members.
+    users = http.get("/api/v1/users", headers=admin)
+    assert users.status_code == 200, users.text
+    for user in users.json():
+        if user["username"] in ANNOTATORS:
+            added = http.put(f"/api/v1/projects/{project_id}/members/{user['id']}", headers=admin)
+            assert added.status_code == 200, added.text
+    return project_id
 
 
 def upload(
@@ -277,6 +285,9 @@ def stored_vote_ids(http: httpx.Client, admin: dict[str, str], task_ids: set[int
     ids = set()
     for task_id in task_ids:
         response = http.get(f"/api/v1/tasks/{task_id}/votes", headers=admin)
+        if response.status_code == 503:  # seen once on a connection idle through the restart: ask again
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+            response = http.get(f"/api/v1/tasks/{task_id}/votes", headers=admin)
         assert response.status_code == 200, response.text
         ids |= {v["id"] for v in response.json()}
     return ids
