@@ -1,6 +1,5 @@
 """The alembic migrations and the ORM models describe the same schema, on SQLite and PostgreSQL."""
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from sqlalchemy import inspect
 from dspo.db import make_engine
 from dspo.migrate import upgrade
 from dspo.models import Base
-from tests.conftest import POSTGRES_ADMIN_URL, unavailable
+from tests.conftest import new_postgres_database
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -39,20 +38,8 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    admin = sa.create_engine(
-        POSTGRES_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
-    )
-    name = f"dspo_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        unavailable("PostgreSQL", exc)
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_postgres_database() as url:
+        yield url
 
 
 def test_existing_annotators_join_existing_projects(empty_database_url: str) -> None:
