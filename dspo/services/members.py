@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from dspo import assign
@@ -61,6 +61,33 @@ def require_project(session: Session, user: Principal, project_id: int) -> Proje
     return project
 
 
+# The annotator's hot path (`next` and `vote`) checks membership with statements built once: building
+# and caching an ORM select per request cost about 1.7 ms of server CPU per call (a third of `next`).
+_PROJECT_EXISTS = select(Project.id).where(Project.id == bindparam("project_id"))
+_MEMBER_OF_PROJECT = select(ProjectMember.project_id).where(
+    ProjectMember.project_id == bindparam("project_id"), ProjectMember.user_id == bindparam("user_id")
+)
+_TASK_EXISTS = select(Task.id).where(Task.id == bindparam("task_id"))
+_TASK_OF_MEMBER = (
+    select(Task.id)
+    .join(ProjectMember, ProjectMember.project_id == Task.project_id)
+    .where(Task.id == bindparam("task_id"), ProjectMember.user_id == bindparam("user_id"))
+)
+
+
+def check_project(session: Session, user: Principal, project_id: int) -> None:
+    """require_project without loading the project: NotFound unless the user may see it."""
+    if sees_every_project(user):
+        found = session.execute(_PROJECT_EXISTS, {"project_id": project_id}).first()
+    else:
+        found = session.execute(_MEMBER_OF_PROJECT, {"project_id": project_id, "user_id": user.id}).first()
+    if found is None:
+        suffix = (
+            "" if sees_every_project(user) else ", or you are not one of its members: ask an admin to add you"
+        )
+        raise NotFound(f"project {project_id} does not exist{suffix}")
+
+
 def _require(session: Session, user: Principal, stmt: Select[Any], what: str) -> None:
     """Run `stmt` (a row of what the path names, joined to its project's membership for non-admins);
     NotFound when it finds nothing."""
@@ -75,8 +102,13 @@ def _in_projects_of(user: Principal, stmt: Select[Any], project_id: Any) -> Sele
 
 def require_task(session: Session, user: Principal, task_id: int) -> None:
     """NotFound unless the task exists in a project the user may see (one query)."""
-    stmt = _in_projects_of(user, select(Task.id).where(Task.id == task_id), Task.project_id)
-    _require(session, user, stmt, f"task {task_id}")
+    if sees_every_project(user):
+        found = session.execute(_TASK_EXISTS, {"task_id": task_id}).first()
+    else:
+        found = session.execute(_TASK_OF_MEMBER, {"task_id": task_id, "user_id": user.id}).first()
+    if found is None:
+        suffix = "" if sees_every_project(user) else ", or is in a project you are not a member of"
+        raise NotFound(f"task {task_id} does not exist{suffix}")
 
 
 def require_source(session: Session, user: Principal, source_id: int) -> None:

@@ -23,7 +23,7 @@ def lease_next(
     """The task at `position` of the annotator's queue of leases (see assign.next_task); None when
     nothing is left for them, NotFound for a project that does not exist or that they are not a
     member of (one query, the only statement this adds to assign.next_task)."""
-    members.require_project(session, user, project_id)
+    members.check_project(session, user, project_id)
     task = assign.next_task(
         session,
         project_id=project_id,
