@@ -66,7 +66,8 @@ def answers(session: Session, project_id: int, max_vote_id: int) -> Iterator[Ans
 def _usernames(session: Session, user_ids: set[int]) -> dict[int, str]:
     if not user_ids:
         return {}
-    return dict(session.execute(select(User.id, User.username).where(User.id.in_(user_ids))).tuples())
+    rows = session.execute(select(User.id, User.username).where(User.id.in_(user_ids)))
+    return {user_id: name for user_id, name in rows}
 
 
 @dataclass
