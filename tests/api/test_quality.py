@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from annotation_server.deps import SESSION_COOKIE, csrf_token_for
 from dspo.cli import ensure_user
 from dspo.models import Candidate, Task, User, Vote
 from tests.api.conftest import Api
@@ -134,3 +135,27 @@ def test_reviewers_of_the_project_see_it_annotators_do_not(api: Api, project: in
 def test_min_lead_time_is_validated(api: Api, project: int) -> None:
     response = api.client.patch(f"{API}/projects/{project}", json={"min_lead_time_ms": -1}, headers=api.admin)
     assert response.status_code == 422
+
+
+def test_quality_page_shows_the_numbers_and_charts(api: Api, project: int) -> None:
+    """The admin page, server-rendered: the same numbers, one SVG chart per annotator and three more;
+    the browser test (tests/ui/test_quality.py) looks at it too and takes the screenshot."""
+    token = api.admin["Authorization"].removeprefix("Bearer ")
+    api.client.cookies.set(SESSION_COOKIE, token)
+    try:
+        page = api.client.get(f"/admin/projects/{project}/quality")
+        settings_page = api.client.get(f"/admin/projects/{project}")
+        form = {"csrf_token": csrf_token_for(api.runtime, token), "min_lead_time_ms": "1500"}
+        saved = api.client.post(f"/admin/projects/{project}/settings", data=form, follow_redirects=False)
+    finally:
+        api.client.cookies.clear()
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert html.count('<svg class="chart"') == 2 + 3
+    assert "Faster than 1000 ms" in html and "p = 0.135" in html  # Alice's best positions: p = e^-2
+    assert '<td class="num">0% <span class="hint">of 1</span></td>' in html
+    assert f'href="/admin/projects/{project}/quality"' in settings_page.text
+    assert 'name="min_lead_time_ms"' in settings_page.text
+    assert saved.status_code == 303, saved.text
+    project_json = api.client.get(f"{API}/projects/{project}", headers=api.admin).json()
+    assert project_json["min_lead_time_ms"] == 1500
