@@ -182,6 +182,7 @@ AUTO_PROMOTE = (
     "when an evaluation round closes, make B the project's generator if the Wilson 95% lower bound of "
     "its win rate (ties as halves) is above 0.5"
 )
+MIN_LEAD_TIME = "answers faster than this many milliseconds are lead-time outliers on the quality page"
 RETRAIN_EVALUATE = (
     "scheduled retraining evaluates each model it trains against the project's generator on the "
     "held-out sources"
@@ -207,6 +208,7 @@ class ProjectCreate(BaseModel):
     held_out_seed: int = Field(default=0, ge=0, le=INT32_MAX, description="seed of the held-out draw")
     auto_promote: bool = Field(default=False, description=AUTO_PROMOTE)
     retrain_evaluate: bool = Field(default=False, description=RETRAIN_EVALUATE)
+    min_lead_time_ms: int = Field(default=2000, ge=0, le=600_000, description=MIN_LEAD_TIME)
 
 
 class ProjectUpdate(BaseModel):
@@ -218,6 +220,7 @@ class ProjectUpdate(BaseModel):
     held_out_seed: int | None = Field(default=None, ge=0, le=INT32_MAX)
     auto_promote: bool | None = Field(default=None, description=AUTO_PROMOTE)
     retrain_evaluate: bool | None = Field(default=None, description=RETRAIN_EVALUATE)
+    min_lead_time_ms: int | None = Field(default=None, ge=0, le=600_000, description=MIN_LEAD_TIME)
 
 
 class ProjectOut(ORMModel):
@@ -240,6 +243,7 @@ class ProjectOut(ORMModel):
     held_out_seed: int
     auto_promote: bool
     retrain_evaluate: bool
+    min_lead_time_ms: int
     created_at: datetime
 
 
@@ -607,3 +611,57 @@ class EvaluationAnswerOut(ORMModel):
     outcome: Literal["b", "a", "tie"] | None
     lead_time_ms: int | None
     created_at: datetime
+
+
+# --- Annotator quality --------------------------------------------------------------------------------
+
+
+class PositionTestOut(ORMModel):
+    counts: list[int] = Field(description="choices per shown position, the first shown first")
+    total: int
+    expected: float = Field(description="per position under a uniform choice (the test wants 5 or more)")
+    chi2: float | None = Field(description="goodness of fit against uniform; null without choices")
+    p_value: float | None
+
+
+class AlphaWindowOut(ORMModel):
+    first_task_id: int
+    last_task_id: int
+    tasks: int = Field(description="tasks with two picks or more in this window")
+    best: float | None
+    worst: float | None
+
+
+class AnnotatorQualityOut(ORMModel):
+    user_id: int
+    username: str
+    answers: int = Field(description="answers but skips")
+    picks: int
+    shared_tasks: int = Field(description="tasks this annotator answered that another one answered too")
+    best_agreement: float | None = Field(description="share agreeing with the others' plurality best")
+    best_tasks: int = Field(description="tasks the best agreement rests on")
+    worst_agreement: float | None
+    worst_tasks: int
+    timed_answers: int = Field(description="answers whose lead time is known")
+    fast_answers: int = Field(description="answers faster than the project's min_lead_time_ms")
+    fast_share: float | None
+    best_positions: PositionTestOut
+    worst_positions: PositionTestOut
+
+
+class QualityOut(ORMModel):
+    project_id: int
+    max_vote_id: int
+    min_lead_time_ms: int
+    n_candidates: int
+    alpha_best: float | None = Field(description="nominal Krippendorff's alpha over the best choices")
+    alpha_worst: float | None
+    window_tasks: int = Field(description="tasks per window of alpha_windows")
+    alpha_windows: list[AlphaWindowOut] = Field(
+        description="alpha over consecutive windows of tasks, in the order of their newest answer"
+    )
+    best_positions: PositionTestOut
+    worst_positions: PositionTestOut
+    lead_time_edges_ms: list[int] = Field(description="lower edges of the lead-time bins")
+    lead_time_counts: list[int]
+    annotators: list[AnnotatorQualityOut]

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Integer, Select, and_, case, cast, func, literal_column, null, select, union_all
 from sqlalchemy.orm import Session, aliased
 
-from dspo.models import Candidate, Instance, Project, Source, Task, User, Vote
+from dspo.models import Candidate, Instance, Project, Source, Task, Vote
 
 # Why a task gave no record; every task with votes ends up as a record or under one of these.
 DROP_REASONS = (
@@ -265,62 +265,3 @@ def krippendorff_alpha(counts: dict[int, Counter[int]]) -> float | None:
         return None
     observed = sum((sum(u) ** 2 - sum(v * v for v in u)) / (sum(u) - 1) for u in units)
     return 1.0 - (n - 1) * observed / expected
-
-
-def agreement(session: Session, project_id: int, up_to_vote_id: int | None = None) -> dict[str, Any]:
-    """Alpha over the best and over the worst choices (values: the candidate's position, the same
-    categories in every task), and each annotator's agreement with the plurality consensus. The
-    consensus includes the annotator's own vote; tasks without a unique plurality are left out."""
-    max_vote_id = up_to_vote_id if up_to_vote_id is not None else newest_vote_id(session, project_id)
-    result: dict[str, Any] = {"project_id": project_id, "max_vote_id": max_vote_id}
-    for name, column in (("best", Vote.best_candidate_id), ("worst", Vote.worst_candidate_id)):
-        rows = session.execute(
-            select(Vote.task_id, Candidate.position, func.count())
-            .join(Task, Task.id == Vote.task_id)
-            .join(Candidate, Candidate.id == column)
-            .where(Task.project_id == project_id, Vote.id <= max_vote_id, Vote.outcome == "pick")
-            .group_by(Vote.task_id, Candidate.position)
-        )
-        counts: dict[int, Counter[int]] = defaultdict(Counter)
-        for task_id, position, n in rows:
-            counts[task_id][position] = n
-        result[f"alpha_{name}"] = krippendorff_alpha(counts)
-
-    per_task = _per_task(project_id, max_vote_id)
-
-    def agrees(kind: str, column: Any) -> Any:
-        unique = getattr(per_task.c, f"{kind}_n") > getattr(per_task.c, f"{kind}_second")
-        return func.sum(case((and_(unique, column == getattr(per_task.c, f"{kind}_id")), 1), else_=0))
-
-    def compared(kind: str) -> Any:
-        unique = getattr(per_task.c, f"{kind}_n") > getattr(per_task.c, f"{kind}_second")
-        return func.sum(case((unique, 1), else_=0))
-
-    per_user = session.execute(
-        select(
-            User.id,
-            User.username,
-            func.count(),
-            compared("best"),
-            agrees("best", Vote.best_candidate_id),
-            compared("worst"),
-            agrees("worst", Vote.worst_candidate_id),
-        )
-        .select_from(per_task)
-        .join(Vote, Vote.task_id == per_task.c.task_id)
-        .join(User, User.id == Vote.user_id)
-        .where(Vote.id <= max_vote_id, Vote.outcome == "pick")
-        .group_by(User.id, User.username)
-        .order_by(User.id)
-    )
-    result["annotators"] = [
-        {
-            "user_id": user_id,
-            "username": username,
-            "picks": picks,
-            "best_agreement": best_ok / best_n if best_n else None,
-            "worst_agreement": worst_ok / worst_n if worst_n else None,
-        }
-        for user_id, username, picks, best_n, best_ok, worst_n, worst_ok in per_user
-    ]
-    return result

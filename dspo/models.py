@@ -119,6 +119,9 @@ class Project(Base):
     # against the project's generator once it is trained.
     auto_promote: Mapped[bool] = mapped_column(Boolean, default=False)
     retrain_evaluate: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Answers faster than this are counted as lead-time outliers on the quality page: comparing the
+    # candidates of a region and choosing two of them takes a careful annotator longer.
+    min_lead_time_ms: Mapped[int] = mapped_column(Integer, default=2000)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -39,13 +39,25 @@ from annotation_server.schemas import (
     UserUpdate,
     validation_message,
 )
+from annotation_server.web.charts import quality_charts
 from annotation_server.web.markdown import render_markdown
 from dspo.db import utcnow
 from dspo.errors import Forbidden, InvalidInput, TooManyRequests, Unauthorized
 from dspo.exports import EXPORTS
 from dspo.generators import generator_names
 from dspo.labelstudio import bridge as labelstudio_bridge
-from dspo.services import datasets, evaluations, jobs, members, model_versions, projects, stats, tokens, users
+from dspo.services import (
+    datasets,
+    evaluations,
+    jobs,
+    members,
+    model_versions,
+    projects,
+    quality,
+    stats,
+    tokens,
+    users,
+)
 from dspo.services.evaluations import SideSpec
 from dspo.services.tokens import Principal
 
@@ -300,6 +312,7 @@ def admin_project_settings(
     require_defect: Annotated[bool, Form()] = False,
     auto_promote: Annotated[bool, Form()] = False,
     retrain_evaluate: Annotated[bool, Form()] = False,
+    min_lead_time_ms: Annotated[int | None, Form()] = None,
 ) -> RedirectResponse:
     changes = _validated(
         ProjectUpdate,
@@ -308,6 +321,7 @@ def admin_project_settings(
         require_defect=require_defect,
         auto_promote=auto_promote,
         retrain_evaluate=retrain_evaluate,
+        min_lead_time_ms=min_lead_time_ms,
     )
     projects.update_project(session, project_id, changes.model_dump(exclude_none=True))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=status.HTTP_303_SEE_OTHER)
@@ -329,6 +343,22 @@ def admin_datasets(
         "exports": EXPORTS,
     }
     return render(request, "admin_datasets.html", context)
+
+
+@router.get("/admin/projects/{project_id}/quality", response_class=HTMLResponse)
+def admin_quality(
+    project_id: IdPath, request: Request, user: PageAdmin, session: ReadSession
+) -> HTMLResponse:
+    """Quality per annotator (agreement, position bias, fast answers) and the project's alpha, with
+    charts drawn on the server."""
+    report = quality.report(session, project_id)
+    context = {
+        "user": user,
+        "project": projects.get_project(session, project_id),
+        "report": report,
+        "charts": quality_charts(report),
+    }
+    return render(request, "admin_quality.html", context)
 
 
 @router.post("/admin/projects/{project_id}/datasets")

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dspo.aggregate import agreement
 from dspo.dataset_format import sha256_file
 from dspo.datasets import BuildSettings, DatasetBuildError, published_file, records_path, request_dataset
 from dspo.errors import Conflict, InvalidInput, NotFound
 from dspo.exports import BATCH, KINDS
 from dspo.models import Dataset, Job, Task
 from dspo.runtime import Runtime
+from dspo.services import quality
 from dspo.services.projects import get_project
 
 
@@ -167,5 +167,4 @@ def record_tasks(session: Session, records: list[dict[str, Any]]) -> dict[str, i
 
 
 def project_agreement(session: Session, project_id: int) -> dict[str, Any]:
-    get_project(session, project_id)
-    return agreement(session, project_id)
+    return quality.agreement(session, project_id)

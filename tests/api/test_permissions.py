@@ -10,6 +10,7 @@ are members, and an admin. Rules:
 - MEMBERS: members of the project the path names (and admins); for anyone else the project, task or
   image answers 404, as if it did not exist.
 - ADMIN: admins only (403 for the others).
+- REVIEWERS: admins and the project's reviewers; 403 for an annotator who is a member, 404 for others.
 - OWN_CREDENTIAL: routes that Label Studio calls with their own credential (a signed, expiring URL or
   the webhook's shared secret); no user's token or session opens them, an admin's included.
 
@@ -33,6 +34,7 @@ from tests.api.conftest import Api
 from tests.helpers import login, pick
 
 PUBLIC, SIGNED_IN, MEMBERS, ADMIN = "public", "signed in", "members", "admin"
+REVIEWERS = "reviewers"
 OWN_CREDENTIAL = "own credential"
 CALLERS = ("anonymous", "outsider", "annotator", "reviewer", "admin")
 
@@ -111,6 +113,7 @@ RULES: dict[tuple[str, str], Op] = {
     ("GET", f"{API}/datasets/{{dataset_id}}/files/{{name:path}}"): Op(ADMIN),
     ("GET", f"{API}/datasets/{{dataset_id}}/records"): Op(ADMIN),
     ("GET", f"{API}/projects/{{project_id}}/agreement"): Op(ADMIN),
+    ("GET", f"{API}/projects/{{project_id}}/quality"): Op(REVIEWERS),
     ("GET", f"{API}/projects/{{project_id}}/model-versions"): Op(ADMIN),
     ("POST", f"{API}/projects/{{project_id}}/model-versions"): Op(ADMIN, json={}),
     ("PUT", f"{API}/projects/{{project_id}}/model-version"): Op(ADMIN, json={}),
@@ -152,6 +155,7 @@ RULES: dict[tuple[str, str], Op] = {
         ADMIN, form={}, prepare=_make_victim_a_member
     ),
     ("GET", "/admin/projects/{project_id}/datasets"): Op(ADMIN),
+    ("GET", "/admin/projects/{project_id}/quality"): Op(ADMIN),
     ("POST", "/admin/projects/{project_id}/datasets"): Op(ADMIN, form={"exports": "trl"}),
     ("GET", "/admin/datasets/{dataset_id}/records"): Op(ADMIN),
     ("POST", "/admin/projects/{project_id}/evaluations"): Op(ADMIN, form={}),
@@ -285,12 +289,13 @@ def _check(rule: str, caller: str, status: int, is_page: bool, what: str) -> Non
     allowed = {
         SIGNED_IN: True,
         MEMBERS: caller in ("annotator", "reviewer", "admin"),
+        REVIEWERS: caller in ("reviewer", "admin"),
         ADMIN: caller == "admin",
     }[rule]
     if allowed:
-        denied = (401, 403, 404) if rule == MEMBERS and caller != "admin" else (401, 403)
+        denied = (401, 403, 404) if rule in (MEMBERS, REVIEWERS) and caller != "admin" else (401, 403)
         assert status not in denied, what
-    elif rule == MEMBERS:
+    elif rule == MEMBERS or (rule == REVIEWERS and caller == "outsider"):
         assert status == 404, what
     else:
         assert status == 403, what

@@ -6,9 +6,10 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from dspo.aggregate import AggregationSettings, aggregate, agreement, krippendorff_alpha, newest_vote_id
+from dspo.aggregate import AggregationSettings, aggregate, krippendorff_alpha, newest_vote_id
 from dspo.models import Instance
 from dspo.runtime import Runtime
+from dspo.services.quality import agreement
 from tests.datasets.helpers import make_project, tasks, users, vote
 
 
@@ -95,11 +96,14 @@ def test_plurality_pairs_drops_and_agreement(runtime: Runtime, voted) -> None:
         expected = krippendorff_alpha({i: Counter(p) for i, p in enumerate(positions)})
         assert stats[f"alpha_{name}"] == pytest.approx(expected)
     by_user = {a["user_id"]: a for a in stats["annotators"]}
-    # u4 answered only t5, where its best (1) is not the plurality best (0) and its worst (0) is.
+    # u4 answered only t5. The others' best there is 0 (3 of 5), not u4's 1; the others' worst is 1 and
+    # 0 twice each: no plurality, so the worst agreement rests on no task (u4's own 0 does not count).
     assert by_user[u[3]]["picks"] == 1
-    assert by_user[u[3]]["best_agreement"] == 0.0 and by_user[u[3]]["worst_agreement"] == 1.0
-    # u1 agrees with every unique plurality best it took part in.
-    assert by_user[u[0]]["best_agreement"] == 1.0
+    assert (by_user[u[3]]["best_agreement"], by_user[u[3]]["best_tasks"]) == (0.0, 1)
+    assert (by_user[u[3]]["worst_agreement"], by_user[u[3]]["worst_tasks"]) == (None, 0)
+    # u1 agrees with the others' best wherever they have a unique plurality: t0, t1 (the skip left
+    # out) and t7..t10; t3, t5 and t6 split the others, and u1 picked nothing in t2 and t4.
+    assert (by_user[u[0]]["best_agreement"], by_user[u[0]]["best_tasks"]) == (1.0, 6)
 
 
 def test_settings_and_snapshot_change_what_is_kept(runtime: Runtime, voted) -> None:

@@ -138,6 +138,7 @@ def test_every_page_works_within_its_content_security_policy(site: Site, browser
         "/admin",
         f"/admin/projects/{project_id}",
         f"/admin/projects/{project_id}/datasets",
+        f"/admin/projects/{project_id}/quality",
         "/admin/jobs",
         "/admin/users",
     ]
