@@ -19,6 +19,7 @@ from annotation_server.routes import (
     labelstudio,
     models,
     projects,
+    reviews,
     tasks,
     users,
 )
@@ -78,7 +79,19 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     api = APIRouter(prefix=API_PREFIX)
-    modules = (auth, users, projects, jobs, tasks, images, datasets, models, evaluations, labelstudio)
+    modules = (
+        auth,
+        users,
+        projects,
+        jobs,
+        tasks,
+        reviews,
+        images,
+        datasets,
+        models,
+        evaluations,
+        labelstudio,
+    )
     for module in modules:
         api.include_router(module.router)
     app.include_router(api)
