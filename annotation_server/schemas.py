@@ -401,6 +401,7 @@ class DatasetOut(ORMModel):
     version: int
     state: str
     max_vote_id: int
+    max_review_id: int = Field(description="the newest review it includes (0: none)")
     settings: dict[str, Any]
     counts: dict[str, Any] | None
     files: dict[str, Any] | None = Field(description="downloadable files: name -> size, sha256")
