@@ -103,6 +103,7 @@ def require_reviewer_of(session: Session, user: Principal, project_id: int) -> P
 
 
 def _task(session: Session, user: Principal, task_id: int) -> Task:
+    """The task, if the user may see it (NotFound otherwise) and it is not an evaluation's (Conflict)."""
     members.require_task(session, user, task_id)
     task = session.get(Task, task_id)
     assert task is not None
@@ -111,6 +112,15 @@ def _task(session: Session, user: Principal, task_id: int) -> Task:
             f"task {task_id} belongs to an evaluation round, which decides a promotion: not reviewed"
         )
     return task
+
+
+def require_task_reviewer(session: Session, user: Principal, task_id: int) -> Project:
+    """The project of the task, if the user reviews it (NotFound, Forbidden, Conflict as above)."""
+    task = _task(session, user, task_id)
+    _require_reviewer(user)
+    project = session.get(Project, task.project_id)
+    assert project is not None
+    return project
 
 
 def flag_task(session: Session, user: Principal, task_id: int, reason: str) -> tuple[TaskFlag, bool]:

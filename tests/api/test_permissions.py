@@ -150,6 +150,8 @@ RULES: dict[tuple[str, str], Op] = {
     ("GET", "/"): Op(SIGNED_IN),
     ("GET", "/me"): Op(SIGNED_IN),
     ("GET", "/projects/{project_id}/annotate"): Op(MEMBERS),
+    ("GET", "/projects/{project_id}/reviews"): Op(REVIEWERS),
+    ("GET", "/tasks/{task_id}/review"): Op(REVIEWERS),
     ("GET", "/admin"): Op(ADMIN),
     ("POST", "/admin/projects"): Op(ADMIN, form={"name": ""}),
     ("GET", "/admin/projects/{project_id}"): Op(ADMIN),

@@ -3,6 +3,7 @@ and in which order), who may see and decide what, and a decision overriding aggr
 dataset built after it."""
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from annotation_server.deps import SESSION_COOKIE
 from dspo.cli import ensure_user
 from dspo.datasets import dataset_dir
 from dspo.models import Dataset, Task
@@ -296,3 +298,23 @@ def test_a_review_overrides_aggregation_in_the_built_dataset(api: Api, disputes:
     assert len(history["answers"]) == 2
     with api.runtime.sessions() as session:
         assert [session.get(Task, t.id).state for t in (t0, t1, t2)] == ["complete", "complete", "complete"]  # type: ignore[union-attr]
+
+
+def test_the_queue_page_links_each_task_to_its_review_page(api: Api, disputes: Disputes) -> None:
+    t0, _, t2 = disputes.tasks[:3]
+    api.client.cookies.set(SESSION_COOKIE, disputes.rita["Authorization"].removeprefix("Bearer "))
+    try:
+        home = api.client.get("/")
+        assert f'href="/projects/{disputes.project_id}/reviews"' in home.text
+        page = api.client.get(f"/projects/{disputes.project_id}/reviews")
+        assert page.status_code == 200
+        assert re.findall(r'<tr data-task="(\d+)">', page.text) == [str(t0.id), str(t2.id)]
+        assert f'href="/tasks/{t0.id}/review"' in page.text and "no plurality" in page.text
+        review_page = api.client.get(f"/tasks/{t0.id}/review")
+        assert review_page.status_code == 200
+        assert f'data-review-task="{t0.id}"' in review_page.text and "No pair (N)" in review_page.text
+        assert 'id="flag-dialog"' not in review_page.text
+        task_page = api.client.get(f"/projects/{disputes.project_id}/annotate")
+        assert "data-review-task" not in task_page.text and "Flag for review (N)" in task_page.text
+    finally:
+        api.client.cookies.clear()
