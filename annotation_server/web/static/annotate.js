@@ -988,7 +988,8 @@
         ? `best ${label(a.best_candidate_id)}, worst ${label(a.worst_candidate_id)}`
         : { tie: "no difference", all_bad: "all bad", skip: "skipped" }[a.outcome];
     const box = $("review-answers");
-    const why = el("p", { class: "hint" }, task.contested ? `Votes disagree: ${task.contested.replaceAll("_", " ")}` : "");
+    const contested = task.contested ? `Votes disagree: ${task.contested.replaceAll("_", " ")}` : "";
+    const why = el("p", { class: "hint" }, contested);
     const table = el("table", { id: "answers" });
     const head = el("tr");
     for (const title of ["who", "answer", "shows", "wrong in worst"]) head.append(el("th", {}, title));
@@ -1002,7 +1003,10 @@
     for (const f of task.flags) flags.append(el("li", {}, `Flagged by ${f.username}: ${f.reason}`));
     const history = el("ul", { id: "review-history", class: "flags" });
     for (const r of task.reviews) {
-      const what = r.decision === "pair" ? `winner ${label(r.best_candidate_id)}, loser ${label(r.worst_candidate_id)}` : "no pair";
+      const what =
+        r.decision === "pair"
+          ? `winner ${label(r.best_candidate_id)}, loser ${label(r.worst_candidate_id)}`
+          : "no pair";
       const when = new Date(r.created_at).toLocaleString();
       history.append(el("li", {}, `${r.reviewer}, ${when}: ${what}${r.note ? ` (${r.note})` : ""}`));
     }
@@ -1032,6 +1036,7 @@
   function openFlag() {
     if (!state.task) return;
     $("flag-reason").value = "";
+    $("flag-dialog").returnValue = ""; // Esc keeps the last value: a cancel must not read as "flag"
     $("flag-dialog").showModal();
   }
 
@@ -1041,7 +1046,11 @@
     if ($("flag-dialog").returnValue !== "flag" || !task || !reason) return;
     try {
       const response = await api("POST", `/api/v1/tasks/${task.id}/flag`, { reason });
-      notify(response.ok ? `Task ${task.id} is flagged for a reviewer. Answer or skip it as usual.` : `Not flagged: ${await detail(response)}`);
+      notify(
+        response.ok
+          ? `Task ${task.id} is flagged for a reviewer. Answer or skip it as usual.`
+          : `Not flagged: ${await detail(response)}`,
+      );
     } catch {
       notify("Not flagged: the server cannot be reached.");
     }
@@ -1589,7 +1598,9 @@
       id: "content",
       keys: "D",
       modes: EVERYWHERE,
-      does: reviewing ? "type a note on your decision (Enter records it)" : "type what the region really shows (Enter submits)",
+      does: reviewing
+        ? "type a note on your decision (Enter records it)"
+        : "type what the region really shows (Enter submits)",
       match: (e) => plain(e) && key(e) === "d",
       run: () => focusText("content"),
     },
