@@ -20,6 +20,7 @@ from annotation_server.routes import (
     models,
     projects,
     quality,
+    reviews,
     tasks,
     users,
 )
@@ -85,6 +86,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         projects,
         jobs,
         tasks,
+        reviews,
         images,
         datasets,
         models,

@@ -14,7 +14,7 @@ from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from dspo.exports import EXPORTS
-from dspo.services import stats, users
+from dspo.services import reviews, stats, users
 from dspo.training import LORA_FILE
 
 INT32_MAX = 2**31 - 1
@@ -405,6 +405,7 @@ class DatasetOut(ORMModel):
     version: int
     state: str
     max_vote_id: int
+    max_review_id: int = Field(description="the newest review it includes (0: none)")
     settings: dict[str, Any]
     counts: dict[str, Any] | None
     files: dict[str, Any] | None = Field(description="downloadable files: name -> size, sha256")
@@ -665,3 +666,50 @@ class QualityOut(ORMModel):
     lead_time_edges_ms: list[int] = Field(description="lower edges of the lead-time bins")
     lead_time_counts: list[int]
     annotators: list[AnnotatorQualityOut]
+
+
+# --- Review of disputed tasks -------------------------------------------------------------------------
+
+
+class FlagIn(BaseModel):
+    reason: Annotated[Text, Field(min_length=1, max_length=500, description="why a reviewer should look")]
+
+
+class FlagOut(ORMModel):
+    id: int
+    task_id: int
+    reason: str
+    created_at: datetime
+
+
+class ReviewIn(BaseModel):
+    decision: reviews.Decision = Field(description="pair: this winner and loser; no_pair: no record")
+    best_candidate_id: Id | None = None
+    worst_candidate_id: Id | None = None
+    note: Annotated[Text, Field(max_length=1000)] = ""
+
+
+# The service's dataclasses are the response models (one definition).
+ReviewOut = reviews.ReviewEntry
+QueueItemOut = reviews.QueueItem
+
+
+class ReviewTaskOut(BaseModel):
+    """A task as the review page shows it: candidates in their stored order (labels A, B, … the same
+    for every reviewer), every answer with who gave it, the flags and the reviews (newest first)."""
+
+    id: int
+    project_id: int
+    source_id: int
+    instance_id: int | None
+    kind: Literal["instance", "image"]
+    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in SR pixels")
+    image_size: tuple[int, int] = Field(description="width, height of the candidates")
+    lq_url: str
+    mask_url: str | None
+    candidates: list[CandidateView]
+    instructions: str
+    answers: list[reviews.Answer]
+    flags: list[reviews.Flag]
+    reviews: list[reviews.ReviewEntry]
+    contested: str | None = Field(description="why its votes alone give no pair, if they disagree")

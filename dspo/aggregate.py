@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Integer, Select, and_, case, cast, func, literal_column, null, select, union_all
 from sqlalchemy.orm import Session, aliased
 
-from dspo.models import Candidate, Instance, Project, Source, Task, Vote
+from dspo.models import Candidate, Instance, Project, Review, Source, Task, Vote
 
 # Why a task gave no record; every task with votes ends up as a record or under one of these.
 DROP_REASONS = (
@@ -23,7 +24,10 @@ DROP_REASONS = (
     "no_plurality",  # two candidates share the most best (or worst) choices
     "winner_is_loser",  # the plurality best is also the plurality worst
     "low_agreement",  # the winner's or the loser's share of the votes is under min_agreement
+    "review_no_pair",  # a reviewer decided that the task gives no record, whatever the votes say
 )
+# The reasons that make a task with enough answers disputed: a reviewer's queue (dspo.services.reviews).
+CONTESTED = ("tie", "all_bad", "no_plurality", "winner_is_loser", "low_agreement")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class Aggregate:
     pairs: list[Pair]
     drops: Counter[str] = field(default_factory=Counter)
     tasks: int = 0  # tasks that had at least one answer
+    dropped: dict[int, str] = field(default_factory=dict)  # task id → why it gave no record
+    reviewed: int = 0  # pairs whose winner and loser a reviewer chose
 
 
 def _per_task(project_id: int, max_vote_id: int) -> Any:
@@ -153,9 +159,60 @@ def newest_vote_id(session: Session, project_id: int) -> int:
     return session.scalar(stmt) or 0
 
 
+def _reviews(session: Session, project_id: int, max_vote_id: int, max_review_id: int) -> dict[int, Any]:
+    """task → its newest review up to max_review_id: the decision, the reviewer's winner and loser
+    (their images and size) and how many of the snapshot's votes chose them as best and worst."""
+    if not max_review_id:
+        return {}
+    newest = (
+        select(func.max(Review.id))
+        .join(Task, Task.id == Review.task_id)
+        .where(Task.project_id == project_id, Review.id <= max_review_id)
+        .group_by(Review.task_id)
+    )
+
+    def chose(column: Any, candidate: Any) -> Any:
+        where = (Vote.task_id == Review.task_id, Vote.id <= max_vote_id, Vote.outcome == "pick")
+        return select(func.count()).where(*where, column == candidate).scalar_subquery()
+
+    win, lose = aliased(Candidate), aliased(Candidate)
+    rows = session.execute(
+        select(
+            Review.task_id,
+            Review.decision,
+            Review.best_candidate_id.label("best_id"),
+            Review.worst_candidate_id.label("worst_id"),
+            win.sha256.label("win_sha"),
+            win.width,
+            win.height,
+            lose.sha256.label("lose_sha"),
+            chose(Vote.best_candidate_id, Review.best_candidate_id).label("best_n"),
+            chose(Vote.worst_candidate_id, Review.worst_candidate_id).label("worst_n"),
+        )
+        .outerjoin(win, win.id == Review.best_candidate_id)
+        .outerjoin(lose, lose.id == Review.worst_candidate_id)
+        .where(Review.id.in_(newest))
+    )
+    return {row.task_id: row for row in rows}
+
+
+def newest_review_id(session: Session, project_id: int) -> int:
+    """The id of the project's newest review (0 when it has none): the other snapshot boundary."""
+    stmt = (
+        select(func.max(Review.id)).join(Task, Task.id == Review.task_id).where(Task.project_id == project_id)
+    )
+    return session.scalar(stmt) or 0
+
+
 def aggregate(
-    session: Session, project_id: int, max_vote_id: int, settings: AggregationSettings
+    session: Session,
+    project_id: int,
+    max_vote_id: int,
+    settings: AggregationSettings,
+    max_review_id: int = 0,
 ) -> Aggregate:
+    """The pairs and drops of the votes up to max_vote_id. A task's newest review up to max_review_id
+    (0: none) decides it instead of its votes: the reviewer's winner and loser, or no record."""
     project = session.get(Project, project_id)
     if project is None:
         raise LookupError(f"project {project_id} does not exist")
@@ -192,13 +249,20 @@ def aggregate(
     ).all()
 
     result = Aggregate(pairs=[], tasks=len(rows))
+    reviews = _reviews(session, project_id, max_vote_id, max_review_id)
     kept = []
     for row in rows:
         if row.instance_id is None and not settings.image_level:
             continue
-        reason = _drop_reason(row, settings)
+        review = reviews.get(row.task_id)
+        if review is not None and review.decision == "pair":
+            kept.append(SimpleNamespace(**{**row._asdict(), **_chosen(review)}))
+            result.reviewed += 1
+            continue
+        reason = "review_no_pair" if review is not None else _drop_reason(row, settings)
         if reason is not None:
             result.drops[reason] += 1
+            result.dropped[row.task_id] = reason
         else:
             kept.append(row)
 
@@ -235,6 +299,12 @@ def aggregate(
             )
         )
     return result
+
+
+def _chosen(review: Any) -> dict[str, Any]:
+    """The columns of a task's row that a reviewer's decision replaces."""
+    names = ("best_id", "worst_id", "win_sha", "width", "height", "lose_sha", "best_n", "worst_n")
+    return {name: getattr(review, name) for name in names}
 
 
 def _drop_reason(row: Any, settings: AggregationSettings) -> str | None:

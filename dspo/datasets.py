@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dspo import jobs
-from dspo.aggregate import AggregationSettings, Pair, aggregate, newest_vote_id
+from dspo.aggregate import AggregationSettings, Pair, aggregate, newest_review_id, newest_vote_id
 from dspo.blobs import BlobNotFound, BlobStore
 from dspo.dataset_format import SPLITS, DatasetWriter, Record, sha256_file, verify_dataset
 from dspo.db import session_scope, utcnow
@@ -102,12 +102,16 @@ def request_dataset(
         if session.get(Project, project_id) is None:
             raise LookupError(f"project {project_id} does not exist")
         cutoff = up_to_vote_id if up_to_vote_id is not None else newest_vote_id(session, project_id)
+        reviews = newest_review_id(session, project_id)
     if cutoff == 0:
         raise DatasetBuildError(f"project {project_id} has no votes yet")
+    # A review is news like a vote: asking again after one builds a new dataset. Without reviews the key
+    # is what it was before reviews existed.
+    snapshot = {"max_vote_id": cutoff, **({"max_review_id": reviews} if reviews else {})}
     key = (
         request_key
         or hashlib.sha256(
-            json.dumps({"max_vote_id": cutoff, "settings": settings.to_dict()}, sort_keys=True).encode()
+            json.dumps({**snapshot, "settings": settings.to_dict()}, sort_keys=True).encode()
         ).hexdigest()
     )
     for _ in range(5):
@@ -118,7 +122,7 @@ def request_dataset(
                 ).first()
                 created = found is None
                 if found is None:
-                    found = _create(session, project_id, key, cutoff, settings, retrain)
+                    found = _create(session, project_id, key, (cutoff, reviews), settings, retrain)
                     job_id = found.job_id
                 else:
                     job_id = _retry_if_failed(session, found)
@@ -142,7 +146,12 @@ def _new_job(session: Session, project_id: int, dataset_id: int) -> Job:
 
 
 def _create(
-    session: Session, project_id: int, key: str, cutoff: int, settings: BuildSettings, retrain: bool
+    session: Session,
+    project_id: int,
+    key: str,
+    cutoff: tuple[int, int],  # the newest vote and review it includes
+    settings: BuildSettings,
+    retrain: bool,
 ) -> Dataset:
     latest = session.scalar(
         select(Dataset.version).where(Dataset.project_id == project_id).order_by(Dataset.version.desc())
@@ -151,7 +160,8 @@ def _create(
         project_id=project_id,
         version=(latest or 0) + 1,
         request_key=key,
-        max_vote_id=cutoff,
+        max_vote_id=cutoff[0],
+        max_review_id=cutoff[1],
         settings=settings.to_dict(),
         retrain=retrain,
     )
@@ -334,7 +344,9 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
         with runtime.sessions() as session:
             project = session.get(Project, dataset.project_id)
             assert project is not None
-            result = aggregate(session, dataset.project_id, dataset.max_vote_id, settings.aggregation)
+            result = aggregate(
+                session, dataset.project_id, dataset.max_vote_id, settings.aggregation, dataset.max_review_id
+            )
         if not result.pairs:
             drops = ", ".join(f"{k}: {v}" for k, v in sorted(result.drops.items())) or "no answered tasks"
             raise DatasetBuildError(f"no task gave a preference pair ({drops})")
@@ -370,6 +382,9 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
                 "aggregation": settings.to_dict(),
                 "drops": dict(sorted(result.drops.items())),
                 "tasks_with_answers": result.tasks,
+                # Records whose winner and loser a reviewer chose (their votes disagreed, or were flagged).
+                "records_from_reviews": result.reviewed,
+                "max_review_id": dataset.max_review_id,
                 "empty_splits": empty_splits,
             }
         )
@@ -387,7 +402,12 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
             for path in sorted(staging.rglob("*"))
             if path.is_file() and not path.relative_to(staging).as_posix().startswith(f"{NATIVE}/")
         }
-        counts = {**manifest["counts"], "votes": votes_count, "tasks_with_answers": result.tasks}
+        counts = {
+            **manifest["counts"],
+            "votes": votes_count,
+            "tasks_with_answers": result.tasks,
+            "records_from_reviews": result.reviewed,
+        }
         published = _publish(runtime, dataset, staging, files, counts, manifest["digest"])
         sources = len({pair.source_id for pair in result.pairs})
         published["empty_splits"] = empty_splits

@@ -366,6 +366,8 @@ class Dataset(Base):
     request_key: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default="queued")  # queued|building|published|failed
     max_vote_id: Mapped[int] = mapped_column(BigInteger)
+    # The newest review it includes (0: none): reviews made later do not change a rebuild of it.
+    max_review_id: Mapped[int] = mapped_column(BigInteger, default=0)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     counts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     files: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # name -> size, sha256
@@ -514,4 +516,38 @@ class PromotionDecision(Base):
     # The project's generator before and (promoted) after: {"generator", "settings", "model_version_id"}.
     before: Mapped[dict[str, Any]] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- Review of disputed tasks (issue 13) --------------------------------------------------------------
+
+
+class TaskFlag(Base):
+    """An annotator's request that a reviewer look at a task, with why. One per annotator and task:
+    flagging again replaces the reason."""
+
+    __tablename__ = "task_flags"
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Review(Base):
+    """A reviewer's decision on a task: its winner and loser ("pair") or that it gives no record
+    ("no_pair"). The newest review of a task overrides aggregation for it (dspo.aggregate); earlier
+    ones stay as its history."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    decision: Mapped[str] = mapped_column(String(16))  # pair | no_pair
+    best_candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"), nullable=True)
+    worst_candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

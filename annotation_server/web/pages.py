@@ -28,6 +28,7 @@ from annotation_server.deps import (
 )
 from annotation_server.schemas import (
     INT32_MAX,
+    BigIdPath,
     BuildRequest,
     IdPath,
     LoginForm,
@@ -54,6 +55,7 @@ from dspo.services import (
     model_versions,
     projects,
     quality,
+    reviews,
     stats,
     tokens,
     users,
@@ -188,6 +190,21 @@ def my_page(request: Request, user: PageUser, session: ReadSession) -> HTMLRespo
 def annotate(project_id: IdPath, request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
     project = members.require_project(session, user, project_id)
     return render(request, "annotate.html", {"user": user, "project": project})
+
+
+@router.get("/projects/{project_id}/reviews", response_class=HTMLResponse)
+def review_queue(project_id: IdPath, request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
+    """The project's disputed tasks, for its reviewers and admins."""
+    project = reviews.require_reviewer_of(session, user, project_id)
+    items = reviews.queue(session, user, project_id)
+    return render(request, "reviews.html", {"user": user, "project": project, "items": items})
+
+
+@router.get("/tasks/{task_id}/review", response_class=HTMLResponse)
+def review_task(task_id: BigIdPath, request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
+    """One task's answers beside the task page's viewer, and the reviewer's decision."""
+    project = reviews.require_task_reviewer(session, user, task_id)
+    return render(request, "annotate.html", {"user": user, "project": project, "review_task": task_id})
 
 
 @router.get("/admin", response_class=HTMLResponse)

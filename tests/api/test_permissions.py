@@ -9,8 +9,9 @@ are members, and an admin. Rules:
 - SIGNED_IN: anyone logged in.
 - MEMBERS: members of the project the path names (and admins); for anyone else the project, task or
   image answers 404, as if it did not exist.
+- REVIEWERS: reviewers who are members of the project the path names, and admins; 403 for an
+  annotator who is a member, 404 for anyone else (as for MEMBERS).
 - ADMIN: admins only (403 for the others).
-- REVIEWERS: admins and the project's reviewers; 403 for an annotator who is a member, 404 for others.
 - OWN_CREDENTIAL: routes that Label Studio calls with their own credential (a signed, expiring URL or
   the webhook's shared secret); no user's token or session opens them, an admin's included.
 
@@ -33,8 +34,7 @@ from dspo.models import Instance, Source
 from tests.api.conftest import Api
 from tests.helpers import login, pick
 
-PUBLIC, SIGNED_IN, MEMBERS, ADMIN = "public", "signed in", "members", "admin"
-REVIEWERS = "reviewers"
+PUBLIC, SIGNED_IN, MEMBERS, REVIEWERS, ADMIN = "public", "signed in", "members", "reviewers", "admin"
 OWN_CREDENTIAL = "own credential"
 CALLERS = ("anonymous", "outsider", "annotator", "reviewer", "admin")
 
@@ -99,6 +99,11 @@ RULES: dict[tuple[str, str], Op] = {
     ("POST", f"{API}/tasks/{{task_id}}/release"): Op(MEMBERS),
     ("GET", f"{API}/tasks/{{task_id}}/votes"): Op(MEMBERS),
     ("GET", f"{API}/projects/{{project_id}}/progress"): Op(MEMBERS),
+    # API: review
+    ("POST", f"{API}/tasks/{{task_id}}/flag"): Op(MEMBERS, json={"reason": "the outline misses the wheel"}),
+    ("GET", f"{API}/projects/{{project_id}}/reviews/queue"): Op(REVIEWERS),
+    ("GET", f"{API}/tasks/{{task_id}}/review"): Op(REVIEWERS),
+    ("POST", f"{API}/tasks/{{task_id}}/review"): Op(REVIEWERS, json={"decision": "no_pair"}),
     # API: images
     ("GET", f"{API}/images/sources/{{source_id}}/lq"): Op(MEMBERS),
     ("GET", f"{API}/images/sources/{{source_id}}/hq"): Op(ADMIN),
@@ -146,6 +151,8 @@ RULES: dict[tuple[str, str], Op] = {
     ("GET", "/"): Op(SIGNED_IN),
     ("GET", "/me"): Op(SIGNED_IN),
     ("GET", "/projects/{project_id}/annotate"): Op(MEMBERS),
+    ("GET", "/projects/{project_id}/reviews"): Op(REVIEWERS),
+    ("GET", "/tasks/{task_id}/review"): Op(REVIEWERS),
     ("GET", "/admin"): Op(ADMIN),
     ("POST", "/admin/projects"): Op(ADMIN, form={"name": ""}),
     ("GET", "/admin/projects/{project_id}"): Op(ADMIN),

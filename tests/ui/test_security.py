@@ -139,12 +139,14 @@ def test_every_page_works_within_its_content_security_policy(site: Site, browser
         f"/admin/projects/{project_id}",
         f"/admin/projects/{project_id}/datasets",
         f"/admin/projects/{project_id}/quality",
+        f"/projects/{project_id}/reviews",
+        f"/tasks/{site.tasks(project_id)[0].id}/review",
         "/admin/jobs",
         "/admin/users",
     ]
     for url in urls:
         admin.goto(url)
-        if url.endswith("/annotate"):
+        if url.endswith(("/annotate", "/review")):
             admin.wait_for_selector("#workspace[data-shown-task]:not([data-shown-task='waiting'])")
             for key in ("1", "w", "f", "f", "c", "Escape", "h", "Escape"):
                 admin.keyboard.press(key)

@@ -504,6 +504,11 @@ def test_every_key_in_the_key_map_does_what_the_help_says(
     assert page.evaluate("document.activeElement.id") == "defect" and page.input_value("#defect") == ""
     page.keyboard.press("Escape")
     check("defect")
+    page.keyboard.press("n")
+    assert page.is_visible("#flag-dialog")
+    page.keyboard.press("Escape")  # a cancelled flag sends nothing
+    assert page.is_hidden("#flag-dialog")
+    check("flag")
 
     page.keyboard.press("Enter")
     second = shown_task(page, task)

@@ -2,6 +2,8 @@
 // first, and no lost work (answers wait in localStorage until the server acknowledged them; the marks
 // and texts of the task on screen survive a reload).
 // User text only ever reaches the page through textContent or form values, never innerHTML.
+// The same page, with data-review-task set, is the review page of one task: the same viewer and keys,
+// every answer beside it, and the reviewer's decision (winner and loser, or no pair) instead of a vote.
 "use strict";
 
 (() => {
@@ -10,6 +12,8 @@
   const projectId = Number(root.dataset.project);
   const requireContent = root.dataset.requireContent === "true";
   const requireDefect = root.dataset.requireDefect === "true";
+  const reviewTaskId = root.dataset.reviewTask ? Number(root.dataset.reviewTask) : null;
+  const reviewing = reviewTaskId !== null;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const QUEUE_KEY = `dspo.pending.${root.dataset.user}`; // per user: a shared browser keeps them apart
   const DRAFT_KEY = `dspo.drafts.${root.dataset.user}`;
@@ -38,7 +42,7 @@
     shownAt: 0,
     best: null,
     worst: null,
-    outcome: "pick",
+    outcome: "pick", // pick | tie | all_bad; on the review page pick | no_pair
     mode: "grid", // grid | focus | flicker | compare
     grid: { k: 1, ox: 0, oy: 0, vw: 1, vh: 1, fitK: 1 }, // zoom, image point at the top left, pane size
     single: { k: 1, ox: 0, oy: 0, vw: 1, vh: 1, fitK: 1 },
@@ -217,7 +221,8 @@
     }
   }
 
-  window.addEventListener("online", () => flush());
+  // The review page sends no answers: a queue left by the task page waits for it.
+  window.addEventListener("online", () => !reviewing && flush());
   window.addEventListener("storage", (event) => event.key === QUEUE_KEY && renderPending());
 
   // Called whenever every answer has been acknowledged: the server's lease queue now matches the
@@ -281,7 +286,7 @@
 
   function saveDraft() {
     const task = state.task;
-    if (!task || state.resume) return; // an undo restores the answer given, not a draft
+    if (!task || state.resume || reviewing) return; // an undo restores the answer given, not a draft
     const drafts = loadDrafts();
     const id = (i) => (i === null ? null : task.candidates[i].id);
     const draft = {
@@ -307,7 +312,7 @@
   }
 
   function draftOf(task) {
-    const draft = loadDrafts()[task.id];
+    const draft = reviewing ? null : loadDrafts()[task.id];
     if (!draft) return null;
     const index = (id) => {
       const i = task.candidates.findIndex((c) => c.id === id);
@@ -757,7 +762,7 @@
       image: "Whole image: judge everything you see",
       evaluation: "Which of the two is the better super-resolution of the reference? Judge the whole image",
     }[task.kind];
-    $("btn-allbad").hidden = task.kind === "evaluation";
+    $("btn-allbad").hidden = reviewing || task.kind === "evaluation";
     buildPanes(task);
     const [w, h] = task.image_size;
     const [x0, y0, x1, y1] = task.box;
@@ -830,7 +835,7 @@
   }
 
   function setOutcome(outcome) {
-    if (!state.task || (outcome === "all_bad" && isPair())) return;
+    if (!state.task || (outcome === "all_bad" && isPair()) || (outcome === "no_pair") !== reviewing) return;
     state.outcome = state.outcome === outcome ? "pick" : outcome;
     renderChoice();
   }
@@ -844,6 +849,7 @@
       pick: isPair() ? chosen : `Best: ${label(state.best)} · Worst: ${label(state.worst)}`,
       tie: "Answer: no visible difference",
       all_bad: "Answer: all candidates are bad",
+      no_pair: "Decision: no pair (the task gives no record)",
     }[state.outcome];
     $("answer").textContent = state.resume ? `Undo — changing your answer. ${text} (Esc keeps the old one)` : text;
     for (const node of $("grid").querySelectorAll(".pane[data-index]")) {
@@ -857,6 +863,7 @@
     }
     $("btn-tie").setAttribute("aria-pressed", String(state.outcome === "tie"));
     $("btn-allbad").setAttribute("aria-pressed", String(state.outcome === "all_bad"));
+    $("btn-nopair")?.setAttribute("aria-pressed", String(state.outcome === "no_pair"));
     const undoable = state.last && Date.now() - state.last.at < UNDO_MS && !state.resume;
     $("btn-undo").disabled = !undoable;
     if (state.mode === "focus") renderFocusHead();
@@ -904,6 +911,7 @@
 
   function submit(outcome = state.outcome) {
     if (!state.task) return;
+    if (reviewing) return decide();
     const body = answer(outcome);
     if (!body) return;
     notify("");
@@ -951,6 +959,101 @@
     state.replaces = null;
     if (task && task.id) show(task);
     else loadCurrent();
+  }
+
+  // ---- the review page: every answer beside the viewer, and the decision ----------------------------
+  async function loadReview() {
+    showMessage("Loading the task…", "", "loading");
+    const response = await api("GET", `/api/v1/tasks/${reviewTaskId}/review`);
+    if (!response.ok) return showMessage("This task cannot be reviewed", await detail(response), "done");
+    const task = await response.json();
+    show(task);
+    const newest = task.reviews[0];
+    if (newest) {
+      // Start from the decision in force, so that a second look changes only what it means to.
+      const index = (id) => task.candidates.findIndex((c) => c.id === id);
+      state.outcome = newest.decision === "pair" ? "pick" : "no_pair";
+      state.best = newest.decision === "pair" ? index(newest.best_candidate_id) : null;
+      state.worst = newest.decision === "pair" ? index(newest.worst_candidate_id) : null;
+      $("content").value = newest.note;
+      renderChoice();
+    }
+    renderReview(task);
+  }
+
+  function renderReview(task) {
+    const label = (id) => task.candidates.find((c) => c.id === id)?.label ?? "?";
+    const said = (a) =>
+      a.outcome === "pick"
+        ? `best ${label(a.best_candidate_id)}, worst ${label(a.worst_candidate_id)}`
+        : { tie: "no difference", all_bad: "all bad", skip: "skipped" }[a.outcome];
+    const box = $("review-answers");
+    const contested = task.contested ? `Votes disagree: ${task.contested.replaceAll("_", " ")}` : "";
+    const why = el("p", { class: "hint" }, contested);
+    const table = el("table", { id: "answers" });
+    const head = el("tr");
+    for (const title of ["who", "answer", "shows", "wrong in worst"]) head.append(el("th", {}, title));
+    table.append(head);
+    for (const a of task.answers) {
+      const row = el("tr", { "data-user": a.username });
+      for (const text of [a.username, said(a), a.content_text, a.defect_text]) row.append(el("td", {}, text));
+      table.append(row);
+    }
+    const flags = el("ul", { id: "flags", class: "flags" });
+    for (const f of task.flags) flags.append(el("li", {}, `Flagged by ${f.username}: ${f.reason}`));
+    const history = el("ul", { id: "review-history", class: "flags" });
+    for (const r of task.reviews) {
+      const what =
+        r.decision === "pair"
+          ? `winner ${label(r.best_candidate_id)}, loser ${label(r.worst_candidate_id)}`
+          : "no pair";
+      const when = new Date(r.created_at).toLocaleString();
+      history.append(el("li", {}, `${r.reviewer}, ${when}: ${what}${r.note ? ` (${r.note})` : ""}`));
+    }
+    box.replaceChildren(why, table, flags, history);
+  }
+
+  async function decide() {
+    const pick = state.outcome === "pick";
+    if (pick && (state.best === null || state.worst === null)) {
+      return notify("Choose the winner (1…) and the loser (Q…), or press N: no pair.");
+    }
+    const body = {
+      decision: pick ? "pair" : "no_pair",
+      best_candidate_id: pick ? state.task.candidates[state.best].id : null,
+      worst_candidate_id: pick ? state.task.candidates[state.worst].id : null,
+      note: $("content").value.trim(),
+    };
+    const response = await api("POST", `/api/v1/tasks/${reviewTaskId}/review`, body);
+    if (!response.ok) return notify(`Your decision is not recorded: ${await detail(response)}`);
+    notify("Decision recorded: datasets built from now on use it for this task.");
+    const refreshed = await api("GET", `/api/v1/tasks/${reviewTaskId}/review`);
+    if (refreshed.ok) renderReview(await refreshed.json());
+    root.dataset.decided = body.decision;
+  }
+
+  // ---- flagging a task for a reviewer (the task page) ------------------------------------------------
+  function openFlag() {
+    if (!state.task) return;
+    $("flag-reason").value = "";
+    $("flag-dialog").returnValue = ""; // Esc keeps the last value: a cancel must not read as "flag"
+    $("flag-dialog").showModal();
+  }
+
+  async function sendFlag() {
+    const task = state.task;
+    const reason = $("flag-reason").value.trim();
+    if ($("flag-dialog").returnValue !== "flag" || !task || !reason) return;
+    try {
+      const response = await api("POST", `/api/v1/tasks/${task.id}/flag`, { reason });
+      notify(
+        response.ok
+          ? `Task ${task.id} is flagged for a reviewer. Answer or skip it as usual.`
+          : `Not flagged: ${await detail(response)}`,
+      );
+    } catch {
+      notify("Not flagged: the server cannot be reached.");
+    }
   }
 
   // ---- focus, flicker and compare: one large pane ---------------------------------------------------
@@ -1245,7 +1348,9 @@
   const plain = (event) => !event.shiftKey;
   const stepOf = (event) => (event.shiftKey ? 0.5 : 0.1);
   const EVERYWHERE = ["grid", "focus", "flicker", "compare"];
+  const PAGE = reviewing ? "review" : "annotate";
 
+  // An entry with `only` belongs to the task page ("annotate") or to the review page ("review").
   const KEYMAP = [
     {
       id: "best",
@@ -1274,6 +1379,7 @@
     },
     {
       id: "tie",
+      only: "annotate",
       keys: "T",
       modes: EVERYWHERE,
       does: "no visible difference (again: undo)",
@@ -1282,6 +1388,7 @@
     },
     {
       id: "all-bad",
+      only: "annotate",
       keys: "A",
       modes: EVERYWHERE,
       does: "all candidates are bad (again: undo)",
@@ -1298,6 +1405,7 @@
     },
     {
       id: "skip",
+      only: "annotate",
       keys: "S",
       modes: EVERYWHERE,
       does: "skip this task",
@@ -1306,6 +1414,7 @@
     },
     {
       id: "undo",
+      only: "annotate",
       keys: "Z",
       modes: EVERYWHERE,
       does: "undo the last submission (within 30 s)",
@@ -1489,17 +1598,38 @@
       id: "content",
       keys: "D",
       modes: EVERYWHERE,
-      does: "type what the region really shows (Enter submits)",
+      does: reviewing
+        ? "type a note on your decision (Enter records it)"
+        : "type what the region really shows (Enter submits)",
       match: (e) => plain(e) && key(e) === "d",
       run: () => focusText("content"),
     },
     {
       id: "defect",
+      only: "annotate",
       keys: "Shift + D",
       modes: EVERYWHERE,
       does: "type what is wrong in the worst (Enter submits)",
       match: (e) => e.shiftKey && key(e) === "d",
       run: () => focusText("defect"),
+    },
+    {
+      id: "flag",
+      only: "annotate",
+      keys: "N",
+      modes: EVERYWHERE,
+      does: "flag this task for a reviewer, with a short reason",
+      match: (e) => key(e) === "n",
+      run: () => openFlag(),
+    },
+    {
+      id: "no-pair",
+      only: "review",
+      keys: "N",
+      modes: EVERYWHERE,
+      does: "no pair: the task gives no record (again: undo)",
+      match: (e) => key(e) === "n",
+      run: () => setOutcome("no_pair"),
     },
     {
       id: "help",
@@ -1509,7 +1639,7 @@
       match: (e) => key(e) === "h",
       run: () => openHelp(),
     },
-  ];
+  ].filter((entry) => !entry.only || entry.only === PAGE);
 
   function renderHelp() {
     const where = (modes) => (modes.length === EVERYWHERE.length ? "everywhere" : modes.join(", "));
@@ -1528,7 +1658,7 @@
   }
 
   function onKey(event) {
-    if ($("help").open || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (document.querySelector("dialog[open]") || event.ctrlKey || event.metaKey || event.altKey) return;
     const target = event.target;
     if (target.matches("input[type=text]")) {
       if (event.key === "Enter") {
@@ -1589,6 +1719,9 @@
   $("btn-flicker-auto").addEventListener("click", () => setFlickerAuto(!state.flickerAuto));
   $("flicker-rate").addEventListener("change", (event) => setFlickerRate(Number(event.target.value)));
   $("btn-help").addEventListener("click", () => openHelp());
+  $("btn-nopair")?.addEventListener("click", () => setOutcome("no_pair"));
+  $("btn-flag")?.addEventListener("click", () => openFlag());
+  $("flag-dialog")?.addEventListener("close", () => sendFlag());
   $("outline").addEventListener("change", () => toggleOutline());
   $("dim").addEventListener("change", () => toggleDim());
   $("crosshair").addEventListener("change", () => toggleCrosshair());
@@ -1609,8 +1742,12 @@
   }).observe(area());
 
   renderHelp();
-  renderPending();
-  showMessage("Loading…", "", "waiting");
-  // Answers left from an earlier visit go first; once they are in, onDrained loads the task.
-  flush();
+  if (reviewing) {
+    loadReview();
+  } else {
+    renderPending();
+    showMessage("Loading…", "", "waiting");
+    // Answers left from an earlier visit go first; once they are in, onDrained loads the task.
+    flush();
+  }
 })();
