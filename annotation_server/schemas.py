@@ -23,6 +23,7 @@ JSON_MAX_DEPTH = 32
 
 Role = Literal["admin", "reviewer", "annotator"]
 Outcome = Literal["pick", "tie", "all_bad", "skip"]
+Aggregation = Literal["plurality", "dawid_skene"]  # dspo.aggregate.METHODS
 
 
 # --- Bounded types ------------------------------------------------------------------------------------
@@ -182,6 +183,10 @@ AUTO_PROMOTE = (
     "when an evaluation round closes, make B the project's generator if the Wilson 95% lower bound of "
     "its win rate (ties as halves) is above 0.5"
 )
+AGGREGATION = (
+    "how datasets choose winner and loser: plurality (the most frequent choice) or dawid_skene (choices "
+    "weighed by each annotator's accuracy, estimated by EM); a build can say otherwise"
+)
 RETRAIN_EVALUATE = (
     "scheduled retraining evaluates each model it trains against the project's generator on the "
     "held-out sources"
@@ -207,6 +212,7 @@ class ProjectCreate(BaseModel):
     held_out_seed: int = Field(default=0, ge=0, le=INT32_MAX, description="seed of the held-out draw")
     auto_promote: bool = Field(default=False, description=AUTO_PROMOTE)
     retrain_evaluate: bool = Field(default=False, description=RETRAIN_EVALUATE)
+    aggregation: Aggregation = Field(default="plurality", description=AGGREGATION)
 
 
 class ProjectUpdate(BaseModel):
@@ -218,6 +224,7 @@ class ProjectUpdate(BaseModel):
     held_out_seed: int | None = Field(default=None, ge=0, le=INT32_MAX)
     auto_promote: bool | None = Field(default=None, description=AUTO_PROMOTE)
     retrain_evaluate: bool | None = Field(default=None, description=RETRAIN_EVALUATE)
+    aggregation: Aggregation | None = Field(default=None, description=AGGREGATION)
 
 
 class ProjectOut(ORMModel):
@@ -240,6 +247,7 @@ class ProjectOut(ORMModel):
     held_out_seed: int
     auto_promote: bool
     retrain_evaluate: bool
+    aggregation: str
     created_at: datetime
 
 
@@ -392,6 +400,7 @@ class BuildRequest(BaseModel):
         default_factory=lambda: list(EXPORTS), max_length=16, description=", ".join(EXPORTS)
     )
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="records per WebDataset shard")
+    method: Aggregation | None = Field(default=None, description="aggregation; default the project's")
     up_to_vote_id: BigId | None = Field(default=None, description="snapshot; default the newest vote")
 
 

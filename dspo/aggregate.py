@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Integer, Select, and_, case, cast, func, literal_column, null, select, union_all
 from sqlalchemy.orm import Session, aliased
 
+from dspo import dawid_skene
 from dspo.models import Candidate, Instance, Project, Source, Task, User, Vote
 
 # Why a task gave no record; every task with votes ends up as a record or under one of these.
@@ -24,6 +25,9 @@ DROP_REASONS = (
     "winner_is_loser",  # the plurality best is also the plurality worst
     "low_agreement",  # the winner's or the loser's share of the votes is under min_agreement
 )
+# How winner and loser are chosen: the most frequent choice, or Dawid-Skene (dspo.dawid_skene), where
+# no_plurality is a tie of posteriors and low_agreement a posterior under min_agreement.
+METHODS = ("plurality", "dawid_skene")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class AggregationSettings:
     min_votes: int | None = None  # None: each task's own k (required_votes)
     min_agreement: float = 0.5  # minimum share of the votes that chose the winner, and the loser
     image_level: bool = True  # also make records from image-level tasks
+    method: str = "plurality"  # one of METHODS
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Aggregate:
     pairs: list[Pair]
     drops: Counter[str] = field(default_factory=Counter)
     tasks: int = 0  # tasks that had at least one answer
+    fit: dict[str, Any] = field(default_factory=dict)  # Dawid-Skene's iterations and convergence
 
 
 def _per_task(project_id: int, max_vote_id: int) -> Any:
@@ -190,8 +196,11 @@ def aggregate(
         .where(Source.held_out.is_(False), Task.evaluation_id.is_(None))  # nor an evaluation's answers
         .order_by(per_task.c.task_id)
     ).all()
+    fit: dict[str, Any] = {}
+    if settings.method == "dawid_skene":
+        rows, fit = dawid_skene.reweigh(session, project_id, max_vote_id, rows)
 
-    result = Aggregate(pairs=[], tasks=len(rows))
+    result = Aggregate(pairs=[], tasks=len(rows), fit=fit)
     kept = []
     for row in rows:
         if row.instance_id is None and not settings.image_level:
@@ -242,11 +251,23 @@ def _drop_reason(row: Any, settings: AggregationSettings) -> str | None:
         return "too_few_votes"
     if row.picks <= row.ties or row.picks <= row.bad:
         return "tie" if row.ties >= row.bad else "all_bad"
+    if settings.method == "dawid_skene":
+        return _dawid_skene_drop_reason(row, settings)
     if row.best_n == row.best_second or row.worst_n == row.worst_second:
         return "no_plurality"
     if row.best_id == row.worst_id:
         return "winner_is_loser"
     if min(row.best_n, row.worst_n) / row.n < settings.min_agreement:
+        return "low_agreement"
+    return None
+
+
+def _dawid_skene_drop_reason(row: Any, settings: AggregationSettings) -> str | None:
+    if row.best_tied or row.worst_tied:
+        return "no_plurality"
+    if row.best_id == row.worst_id:
+        return "winner_is_loser"
+    if min(row.best_p, row.worst_p) < settings.min_agreement:
         return "low_agreement"
     return None
 

@@ -119,6 +119,8 @@ class Project(Base):
     # against the project's generator once it is trained.
     auto_promote: Mapped[bool] = mapped_column(Boolean, default=False)
     retrain_evaluate: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How a dataset chooses winner and loser unless its build says otherwise (dspo.aggregate.METHODS).
+    aggregation: Mapped[str] = mapped_column(String(16), default="plurality")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

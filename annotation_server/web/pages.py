@@ -300,6 +300,7 @@ def admin_project_settings(
     require_defect: Annotated[bool, Form()] = False,
     auto_promote: Annotated[bool, Form()] = False,
     retrain_evaluate: Annotated[bool, Form()] = False,
+    aggregation: Annotated[str, Form()] = "plurality",
 ) -> RedirectResponse:
     changes = _validated(
         ProjectUpdate,
@@ -308,6 +309,7 @@ def admin_project_settings(
         require_defect=require_defect,
         auto_promote=auto_promote,
         retrain_evaluate=retrain_evaluate,
+        aggregation=aggregation,
     )
     projects.update_project(session, project_id, changes.model_dump(exclude_none=True))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=status.HTTP_303_SEE_OTHER)
@@ -343,9 +345,11 @@ def admin_build_dataset(
     seed: Annotated[int, Form()] = 0,
     exports: Annotated[list[str] | None, Form()] = None,
     shard_size: Annotated[int, Form()] = 1000,
+    method: Annotated[str, Form()] = "",
 ) -> RedirectResponse:
     body = _validated(
         BuildRequest,
+        method=method or None,
         min_votes=min_votes or None,
         min_agreement=min_agreement,
         **({} if image_level is None else {"image_level": image_level}),
