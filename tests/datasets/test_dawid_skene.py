@@ -1,6 +1,7 @@
 """Dawid-Skene through the real aggregation and a real build, on SQLite and PostgreSQL: a careful pair
 outvoted by a bloc gets its answer back, the drop reasons that do not depend on the method stay, and the
-project's `aggregation` setting (or a build's `method`) is what the dataset and its manifest say."""
+project's `aggregation` setting (or a build's `method`), set over REST or in the admin pages, is what the
+dataset and its manifest say."""
 
 import json
 import time
@@ -8,11 +9,12 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from annotation_server.deps import SESSION_COOKIE, csrf_token_for
 from dspo.aggregate import AggregationSettings, aggregate, newest_vote_id
 from dspo.datasets import NATIVE, dataset_dir
 from dspo.models import Dataset
 from dspo.runtime import Runtime
-from tests.datasets.helpers import TaskInfo, make_project, tasks, users, vote
+from tests.datasets.helpers import TaskInfo, make_project, tasks, users, vote, vote_all
 
 CONTESTED = 4
 
@@ -123,3 +125,40 @@ def test_the_project_setting_and_a_builds_method_choose_and_the_manifest_says(
     assert manifests["dawid_skene"]["counts"]["drops"] == {"too_few_votes": 1, "tie": 1}
     assert manifests["plurality"]["counts"]["records"] == CONTESTED
     assert manifests["plurality"]["counts"]["drops"] == {"too_few_votes": 1, "tie": 1, "low_agreement": 14}
+
+
+def test_the_admin_pages_set_the_projects_method_and_override_it_per_build(
+    runtime: Runtime, client: TestClient, admin: dict[str, str]
+) -> None:
+    project_id = make_project(runtime, n_sources=1)
+    vote_all(runtime, project_id, users(runtime, ["a1", "a2", "a3"]))
+    token = admin["Authorization"].removeprefix("Bearer ")
+    client.cookies.set(SESSION_COOKIE, token)
+    csrf = csrf_token_for(runtime, token)
+    assert '<option value="plurality" selected>' in client.get(f"/admin/projects/{project_id}").text
+    saved = client.post(
+        f"/admin/projects/{project_id}/settings",
+        data={"csrf_token": csrf, "aggregation": "dawid_skene"},
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303
+    assert '<option value="dawid_skene" selected>' in client.get(f"/admin/projects/{project_id}").text
+    assert "the project's setting (dawid_skene)" in client.get(f"/admin/projects/{project_id}/datasets").text
+
+    form = {"csrf_token": csrf, "val_fraction": "0", "exports": ["trl"]}
+    for method, seed in (("", "1"), ("plurality", "2")):
+        built = client.post(
+            f"/admin/projects/{project_id}/datasets",
+            data={**form, "method": method, "seed": seed},
+            follow_redirects=False,
+        )
+        assert built.status_code == 303, built.text
+    bad = client.post(f"/admin/projects/{project_id}/datasets", data={**form, "method": "mean"})
+    assert bad.status_code == 422
+    listed = client.get(f"/api/v1/projects/{project_id}/datasets", headers=admin).json()
+    assert {d["settings"]["seed"]: d["settings"]["method"] for d in listed} == {
+        1: "dawid_skene",
+        2: "plurality",
+    }
+    for dataset in listed:
+        wait_published(runtime, dataset["id"])
