@@ -33,7 +33,7 @@ METHODS = ("plurality", "dawid_skene")
 @dataclass(frozen=True)
 class AggregationSettings:
     min_votes: int | None = None  # None: each task's own k (required_votes)
-    min_agreement: float = 0.5  # minimum share of the votes that chose the winner, and the loser
+    min_agreement: float = 0.5  # minimum share of the votes (dawid_skene: posterior) of winner and loser
     image_level: bool = True  # also make records from image-level tasks
     method: str = "plurality"  # one of METHODS
 

@@ -103,6 +103,8 @@ def fit(
         raise ValueError("no votes to fit")
     if n_candidates.min() < 2:
         raise ValueError("every task needs at least two candidates")
+    if max_iter < 1:
+        raise ValueError("max_iter must be at least 1")
     # Canonical order (task, annotator), so that the float sums below do not depend on the input order.
     order = np.lexsort((annotator, task))
     task, annotator, choice, n_candidates = task[order], annotator[order], choice[order], n_candidates[order]
@@ -195,23 +197,19 @@ def reweigh(
     (best_id, win_sha, width, height; worst_id, lose_sha), the votes for them (best_n, worst_n, so that
     the records' shares stay vote shares), their posteriors (best_p, worst_p) and whether they tie
     (best_tied, worst_tied). Returns the rows and the fits' report for the manifest."""
-    picks = np.array(
-        session.execute(
-            select(Vote.task_id, Vote.user_id, Vote.best_candidate_id, Vote.worst_candidate_id)
-            .join(Task, Task.id == Vote.task_id)
-            .where(
-                Task.project_id == project_id,
-                Vote.id <= max_vote_id,
-                Vote.outcome == "pick",
-                Vote.best_candidate_id.is_not(None),
-                Vote.worst_candidate_id.is_not(None),
-            )
-        ).all(),
-        dtype=np.int64,
-    ).reshape(-1, 4)
-    picks = picks[np.isin(picks[:, 0], [row.task_id for row in rows])]
-    if len(picks) == 0:
-        return list(rows), {}
+    found = session.execute(
+        select(Vote.task_id, Vote.user_id, Vote.best_candidate_id, Vote.worst_candidate_id)
+        .join(Task, Task.id == Vote.task_id)
+        .where(
+            Task.project_id == project_id,
+            Vote.id <= max_vote_id,
+            Vote.outcome == "pick",
+            Vote.best_candidate_id.is_not(None),
+            Vote.worst_candidate_id.is_not(None),
+        )
+    ).all()
+    # Column by column: numpy asked to convert Row objects probes each one for array attributes.
+    picks = np.array([list(column) for column in zip(*found, strict=True)] or [[]] * 4, np.int64)
     candidates = {
         cid: (source_id, sha, width, height)
         for cid, source_id, sha, width, height in session.execute(
@@ -221,10 +219,17 @@ def reweigh(
         )
     }
     per_source = Counter(source_id for source_id, *_ in candidates.values())
-    source_of = {row.task_id: row.source_id for row in rows}
-    n = np.array([per_source[source_of[t]] for t in picks[:, 0].tolist()])
-    best = fit(picks[:, 0], picks[:, 1], picks[:, 2], n)
-    worst = fit(picks[:, 0], picks[:, 1], picks[:, 3], n)
+    # The rows come sorted by task id: each pick finds its row (and its task's N) by binary search.
+    row_tasks = np.array([row.task_id for row in rows], np.int64)
+    row_n = np.array([per_source[row.source_id] for row in rows], np.int64)
+    at = np.minimum(np.searchsorted(row_tasks, picks[0]), max(len(rows) - 1, 0))
+    kept = (row_tasks[at] == picks[0]) if len(rows) else np.zeros(len(picks[0]), bool)
+    task, user, best_choice, worst_choice = picks[:, kept]
+    if len(task) == 0:
+        return list(rows), {}
+    n = row_n[at[kept]]
+    best = fit(task, user, best_choice, n)
+    worst = fit(task, user, worst_choice, n)
     # Every task with a pick is in both fits, in the same (sorted) order.
     decided = dict(zip(best.tasks.tolist(), range(len(best.tasks)), strict=True))
     out = []

@@ -95,3 +95,5 @@ def test_bad_input_is_refused() -> None:
         fit(np.array([]), np.array([]), np.array([]), np.array([]))
     with pytest.raises(ValueError, match="two candidates"):
         fit(np.array([1]), np.array([1]), np.array([1]), np.array([1]))
+    with pytest.raises(ValueError, match="max_iter"):
+        fit(np.array([1]), np.array([1]), np.array([1]), np.array([2]), max_iter=0)
