@@ -37,6 +37,10 @@ class AggregationSettings:
     image_level: bool = True  # also make records from image-level tasks
     method: str = "plurality"  # one of METHODS
 
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown aggregation method {self.method!r}; known: {', '.join(METHODS)}")
+
 
 @dataclass(frozen=True)
 class Pair:

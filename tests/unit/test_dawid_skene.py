@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from dspo.aggregate import AggregationSettings
+from dspo.datasets import BuildSettings
 from dspo.dawid_skene import PRIOR_CORRECT, PRIOR_WRONG, fit
 
 N = 4
@@ -97,3 +99,10 @@ def test_bad_input_is_refused() -> None:
         fit(np.array([1]), np.array([1]), np.array([1]), np.array([1]))
     with pytest.raises(ValueError, match="max_iter"):
         fit(np.array([1]), np.array([1]), np.array([1]), np.array([2]), max_iter=0)
+
+
+def test_an_unknown_method_is_refused() -> None:
+    for make in (lambda: AggregationSettings(method="mean"), lambda: BuildSettings(method="mean")):
+        with pytest.raises(ValueError, match="unknown aggregation method 'mean'"):
+            make()
+    assert BuildSettings().aggregation.method == "plurality"  # a dataset stored before the setting
