@@ -23,6 +23,7 @@ JSON_MAX_DEPTH = 32
 
 Role = Literal["admin", "reviewer", "annotator"]
 Outcome = Literal["pick", "tie", "all_bad", "skip"]
+Aggregation = Literal["plurality", "dawid_skene"]  # dspo.aggregate.METHODS
 
 
 # --- Bounded types ------------------------------------------------------------------------------------
@@ -183,6 +184,10 @@ AUTO_PROMOTE = (
     "its win rate (ties as halves) is above 0.5"
 )
 MIN_LEAD_TIME = "answers faster than this many milliseconds are lead-time outliers on the quality page"
+AGGREGATION = (
+    "how datasets choose winner and loser: plurality (the most frequent choice) or dawid_skene (choices "
+    "weighed by each annotator's accuracy, estimated by EM); a build can say otherwise"
+)
 RETRAIN_EVALUATE = (
     "scheduled retraining evaluates each model it trains against the project's generator on the "
     "held-out sources"
@@ -209,6 +214,7 @@ class ProjectCreate(BaseModel):
     auto_promote: bool = Field(default=False, description=AUTO_PROMOTE)
     retrain_evaluate: bool = Field(default=False, description=RETRAIN_EVALUATE)
     min_lead_time_ms: int = Field(default=2000, ge=0, le=600_000, description=MIN_LEAD_TIME)
+    aggregation: Aggregation = Field(default="plurality", description=AGGREGATION)
 
 
 class ProjectUpdate(BaseModel):
@@ -221,6 +227,7 @@ class ProjectUpdate(BaseModel):
     auto_promote: bool | None = Field(default=None, description=AUTO_PROMOTE)
     retrain_evaluate: bool | None = Field(default=None, description=RETRAIN_EVALUATE)
     min_lead_time_ms: int | None = Field(default=None, ge=0, le=600_000, description=MIN_LEAD_TIME)
+    aggregation: Aggregation | None = Field(default=None, description=AGGREGATION)
 
 
 class ProjectOut(ORMModel):
@@ -244,6 +251,7 @@ class ProjectOut(ORMModel):
     auto_promote: bool
     retrain_evaluate: bool
     min_lead_time_ms: int
+    aggregation: str
     created_at: datetime
 
 
@@ -396,6 +404,7 @@ class BuildRequest(BaseModel):
         default_factory=lambda: list(EXPORTS), max_length=16, description=", ".join(EXPORTS)
     )
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="records per WebDataset shard")
+    method: Aggregation | None = Field(default=None, description="aggregation; default the project's")
     up_to_vote_id: BigId | None = Field(default=None, description="snapshot; default the newest vote")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Integer, Select, and_, case, cast, func, literal_column, null, select, union_all
 from sqlalchemy.orm import Session, aliased
 
+from dspo import dawid_skene
 from dspo.models import Candidate, Instance, Project, Review, Source, Task, Vote
 
 # Why a task gave no record; every task with votes ends up as a record or under one of these.
@@ -28,13 +29,21 @@ DROP_REASONS = (
 )
 # The reasons that make a task with enough answers disputed: a reviewer's queue (dspo.services.reviews).
 CONTESTED = ("tie", "all_bad", "no_plurality", "winner_is_loser", "low_agreement")
+# How winner and loser are chosen: the most frequent choice, or Dawid-Skene (dspo.dawid_skene), where
+# no_plurality is a tie of posteriors and low_agreement a posterior under min_agreement.
+METHODS = ("plurality", "dawid_skene")
 
 
 @dataclass(frozen=True)
 class AggregationSettings:
     min_votes: int | None = None  # None: each task's own k (required_votes)
-    min_agreement: float = 0.5  # minimum share of the votes that chose the winner, and the loser
+    min_agreement: float = 0.5  # minimum share of the votes (dawid_skene: posterior) of winner and loser
     image_level: bool = True  # also make records from image-level tasks
+    method: str = "plurality"  # one of METHODS
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown aggregation method {self.method!r}; known: {', '.join(METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class Aggregate:
     tasks: int = 0  # tasks that had at least one answer
     dropped: dict[int, str] = field(default_factory=dict)  # task id → why it gave no record
     reviewed: int = 0  # pairs whose winner and loser a reviewer chose
+    fit: dict[str, Any] = field(default_factory=dict)  # Dawid-Skene's iterations and convergence
 
 
 def _per_task(project_id: int, max_vote_id: int) -> Any:
@@ -247,8 +257,11 @@ def aggregate(
         .where(Source.held_out.is_(False), Task.evaluation_id.is_(None))  # nor an evaluation's answers
         .order_by(per_task.c.task_id)
     ).all()
+    fit: dict[str, Any] = {}
+    if settings.method == "dawid_skene":
+        rows, fit = dawid_skene.reweigh(session, project_id, max_vote_id, rows)
 
-    result = Aggregate(pairs=[], tasks=len(rows))
+    result = Aggregate(pairs=[], tasks=len(rows), fit=fit)
     reviews = _reviews(session, project_id, max_vote_id, max_review_id)
     kept = []
     for row in rows:
@@ -256,7 +269,7 @@ def aggregate(
             continue
         review = reviews.get(row.task_id)
         if review is not None and review.decision == "pair":
-            kept.append(SimpleNamespace(**{**row._asdict(), **_chosen(review)}))
+            kept.append(SimpleNamespace(**{**_columns(row), **_chosen(review)}))
             result.reviewed += 1
             continue
         reason = "review_no_pair" if review is not None else _drop_reason(row, settings)
@@ -301,6 +314,11 @@ def aggregate(
     return result
 
 
+def _columns(row: Any) -> dict[str, Any]:
+    """A task's row as a dict: a database row, or one that Dawid-Skene rewrote (a namespace)."""
+    return vars(row) if isinstance(row, SimpleNamespace) else row._asdict()
+
+
 def _chosen(review: Any) -> dict[str, Any]:
     """The columns of a task's row that a reviewer's decision replaces."""
     names = ("best_id", "worst_id", "win_sha", "width", "height", "lose_sha", "best_n", "worst_n")
@@ -312,11 +330,23 @@ def _drop_reason(row: Any, settings: AggregationSettings) -> str | None:
         return "too_few_votes"
     if row.picks <= row.ties or row.picks <= row.bad:
         return "tie" if row.ties >= row.bad else "all_bad"
+    if settings.method == "dawid_skene":
+        return _dawid_skene_drop_reason(row, settings)
     if row.best_n == row.best_second or row.worst_n == row.worst_second:
         return "no_plurality"
     if row.best_id == row.worst_id:
         return "winner_is_loser"
     if min(row.best_n, row.worst_n) / row.n < settings.min_agreement:
+        return "low_agreement"
+    return None
+
+
+def _dawid_skene_drop_reason(row: Any, settings: AggregationSettings) -> str | None:
+    if row.best_tied or row.worst_tied:
+        return "no_plurality"
+    if row.best_id == row.worst_id:
+        return "winner_is_loser"
+    if min(row.best_p, row.worst_p) < settings.min_agreement:
         return "low_agreement"
     return None
 

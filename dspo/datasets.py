@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dspo import jobs
-from dspo.aggregate import AggregationSettings, Pair, aggregate, newest_review_id, newest_vote_id
+from dspo.aggregate import METHODS, AggregationSettings, Pair, aggregate, newest_review_id, newest_vote_id
 from dspo.blobs import BlobNotFound, BlobStore
 from dspo.dataset_format import SPLITS, DatasetWriter, Record, sha256_file, verify_dataset
 from dspo.db import session_scope, utcnow
@@ -55,8 +55,13 @@ class BuildSettings:
     seed: int = 0
     exports: tuple[str, ...] = ("pickapic", "trl", "webdataset")
     shard_size: int = 1000
+    # None: the project's `aggregation`, filled in when the dataset is requested (so the dataset's
+    # settings and request key name the method); a dataset stored without it was built by plurality.
+    method: str | None = None
 
     def __post_init__(self) -> None:
+        if self.method is not None and self.method not in METHODS:
+            raise ValueError(f"unknown aggregation method {self.method!r}; known: {', '.join(METHODS)}")
         unknown = set(self.exports) - set(EXPORTERS)
         if unknown:
             raise ValueError(f"unknown exports {sorted(unknown)}; known: {', '.join(EXPORTERS)}")
@@ -66,7 +71,9 @@ class BuildSettings:
 
     @property
     def aggregation(self) -> AggregationSettings:
-        return AggregationSettings(self.min_votes, self.min_agreement, self.image_level)
+        return AggregationSettings(
+            self.min_votes, self.min_agreement, self.image_level, self.method or "plurality"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "exports": list(self.exports)}
@@ -99,8 +106,10 @@ def request_dataset(
     key is (newest vote, settings) unless the caller names one: scheduled retraining names the round,
     so that two ticks that race each other get one dataset even if a vote arrived between them."""
     with runtime.sessions() as session:
-        if session.get(Project, project_id) is None:
+        project = session.get(Project, project_id)
+        if project is None:
             raise LookupError(f"project {project_id} does not exist")
+        settings = dataclasses.replace(settings, method=settings.method or project.aggregation)
         cutoff = up_to_vote_id if up_to_vote_id is not None else newest_vote_id(session, project_id)
         reviews = newest_review_id(session, project_id)
     if cutoff == 0:
@@ -379,7 +388,11 @@ def _build(runtime: Runtime, dataset: Dataset, progress: Callable[[float, str], 
                     "file": VOTES_FILE,
                     "sha256": votes_sha,
                 },
-                "aggregation": settings.to_dict(),
+                "aggregation": {
+                    **settings.to_dict(),
+                    "method": settings.aggregation.method,
+                    **({"dawid_skene": result.fit} if result.fit else {}),
+                },
                 "drops": dict(sorted(result.drops.items())),
                 "tasks_with_answers": result.tasks,
                 # Records whose winner and loser a reviewer chose (their votes disagreed, or were flagged).

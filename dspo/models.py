@@ -122,6 +122,8 @@ class Project(Base):
     # Answers faster than this are counted as lead-time outliers on the quality page: comparing the
     # candidates of a region and choosing two of them takes a careful annotator longer.
     min_lead_time_ms: Mapped[int] = mapped_column(Integer, default=2000)
+    # How a dataset chooses winner and loser unless its build says otherwise (dspo.aggregate.METHODS).
+    aggregation: Mapped[str] = mapped_column(String(16), default="plurality")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -330,6 +330,7 @@ def admin_project_settings(
     auto_promote: Annotated[bool, Form()] = False,
     retrain_evaluate: Annotated[bool, Form()] = False,
     min_lead_time_ms: Annotated[int | None, Form()] = None,
+    aggregation: Annotated[str, Form()] = "plurality",
 ) -> RedirectResponse:
     changes = _validated(
         ProjectUpdate,
@@ -339,6 +340,7 @@ def admin_project_settings(
         auto_promote=auto_promote,
         retrain_evaluate=retrain_evaluate,
         min_lead_time_ms=min_lead_time_ms,
+        aggregation=aggregation,
     )
     projects.update_project(session, project_id, changes.model_dump(exclude_none=True))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=status.HTTP_303_SEE_OTHER)
@@ -390,9 +392,11 @@ def admin_build_dataset(
     seed: Annotated[int, Form()] = 0,
     exports: Annotated[list[str] | None, Form()] = None,
     shard_size: Annotated[int, Form()] = 1000,
+    method: Annotated[str, Form()] = "",
 ) -> RedirectResponse:
     body = _validated(
         BuildRequest,
+        method=method or None,
         min_votes=min_votes or None,
         min_agreement=min_agreement,
         **({} if image_level is None else {"image_level": image_level}),
