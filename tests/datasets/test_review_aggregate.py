@@ -79,3 +79,22 @@ def test_reviews_override_the_votes_of_their_tasks_up_to_the_snapshot(runtime: R
         t1.id: (t1.candidates[2], t1.candidates[0]),
         t2.id: (t2.candidates[1], t2.candidates[2]),
     }
+
+
+def test_a_review_overrides_a_task_that_dawid_skene_decided(runtime: Runtime) -> None:
+    project_id = make_project(runtime, n_sources=1)  # k = 3
+    t0, t1 = tasks(runtime, project_id)[:2]
+    u = users(runtime, ["v1", "v2", "v3", "reviewer"])
+    for task in (t0, t1):
+        for user_id in u[:3]:
+            vote(runtime, task, user_id, best=0, worst=1)
+    reviewed = review(runtime, t0, u[3], 2, 0)
+    with runtime.sessions() as session:
+        newest = newest_vote_id(session, project_id)
+        result = aggregate(session, project_id, newest, AggregationSettings(method="dawid_skene"), reviewed)
+    chosen = {p.task_id: (p.winner_candidate_id, p.loser_candidate_id) for p in result.pairs}
+    assert chosen == {
+        t0.id: (t0.candidates[2], t0.candidates[0]),  # the reviewer's, not the fit's
+        t1.id: (t1.candidates[0], t1.candidates[1]),
+    }
+    assert result.reviewed == 1 and result.fit
