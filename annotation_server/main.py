@@ -14,6 +14,7 @@ from annotation_server.routes import (
     auth,
     datasets,
     evaluations,
+    gold,
     images,
     jobs,
     labelstudio,
@@ -78,7 +79,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     api = APIRouter(prefix=API_PREFIX)
-    modules = (auth, users, projects, jobs, tasks, images, datasets, models, evaluations, labelstudio)
+    modules = (auth, users, projects, jobs, tasks, images, datasets, models, evaluations, labelstudio, gold)
     for module in modules:
         api.include_router(module.router)
     app.include_router(api)

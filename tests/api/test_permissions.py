@@ -9,6 +9,8 @@ are members, and an admin. Rules:
 - SIGNED_IN: anyone logged in.
 - MEMBERS: members of the project the path names (and admins); for anyone else the project, task or
   image answers 404, as if it did not exist.
+- REVIEWERS: admins, and reviewers who are members of the project the path names (403 for a member
+  annotator, 404 for anyone else).
 - ADMIN: admins only (403 for the others).
 - OWN_CREDENTIAL: routes that Label Studio calls with their own credential (a signed, expiring URL or
   the webhook's shared secret); no user's token or session opens them, an admin's included.
@@ -32,7 +34,7 @@ from dspo.models import Instance, Source
 from tests.api.conftest import Api
 from tests.helpers import login, pick
 
-PUBLIC, SIGNED_IN, MEMBERS, ADMIN = "public", "signed in", "members", "admin"
+PUBLIC, SIGNED_IN, MEMBERS, REVIEWERS, ADMIN = "public", "signed in", "members", "reviewers", "admin"
 OWN_CREDENTIAL = "own credential"
 CALLERS = ("anonymous", "outsider", "annotator", "reviewer", "admin")
 
@@ -97,6 +99,11 @@ RULES: dict[tuple[str, str], Op] = {
     ("POST", f"{API}/tasks/{{task_id}}/release"): Op(MEMBERS),
     ("GET", f"{API}/tasks/{{task_id}}/votes"): Op(MEMBERS),
     ("GET", f"{API}/projects/{{project_id}}/progress"): Op(MEMBERS),
+    # API: gold tasks
+    ("POST", f"{API}/tasks/{{task_id}}/gold"): Op(REVIEWERS),
+    ("POST", f"{API}/projects/{{project_id}}/sanity-tasks"): Op(ADMIN, json={"count": 0}),
+    ("GET", f"{API}/projects/{{project_id}}/gold"): Op(ADMIN),
+    ("POST", f"{API}/projects/{{project_id}}/gold/resume/{{user_id}}"): Op(ADMIN),
     # API: images
     ("GET", f"{API}/images/sources/{{source_id}}/lq"): Op(MEMBERS),
     ("GET", f"{API}/images/sources/{{source_id}}/hq"): Op(ADMIN),
@@ -285,12 +292,13 @@ def _check(rule: str, caller: str, status: int, is_page: bool, what: str) -> Non
     allowed = {
         SIGNED_IN: True,
         MEMBERS: caller in ("annotator", "reviewer", "admin"),
+        REVIEWERS: caller in ("reviewer", "admin"),
         ADMIN: caller == "admin",
     }[rule]
     if allowed:
-        denied = (401, 403, 404) if rule == MEMBERS and caller != "admin" else (401, 403)
+        denied = (401, 403, 404) if rule in (MEMBERS, REVIEWERS) and caller != "admin" else (401, 403)
         assert status not in denied, what
-    elif rule == MEMBERS:
+    elif rule == MEMBERS or (rule == REVIEWERS and caller == "outsider"):
         assert status == 404, what
     else:
         assert status == 403, what
