@@ -63,6 +63,10 @@ def mark_gold(session: Session, user: Principal, task_id: int) -> Task:
     return task
 
 
+def task_project(session: Session, task_id: int) -> int | None:
+    return session.scalar(select(Task.project_id).where(Task.id == task_id))
+
+
 def gold_tasks(session: Session, project_id: int) -> list[Task]:
     get_project(session, project_id)
     return list(session.scalars(select(Task).where(Task.project_id == project_id, Task.state == "gold")))

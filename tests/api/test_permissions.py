@@ -158,6 +158,9 @@ RULES: dict[tuple[str, str], Op] = {
     ("POST", "/admin/projects/{project_id}/members/{user_id}/remove"): Op(
         ADMIN, form={}, prepare=_make_victim_a_member
     ),
+    ("POST", "/admin/projects/{project_id}/gold"): Op(ADMIN, form={"task_id": "{task_id}"}),
+    ("POST", "/admin/projects/{project_id}/sanity-tasks"): Op(ADMIN, form={}),
+    ("POST", "/admin/projects/{project_id}/gold/resume/{user_id}"): Op(ADMIN, form={}),
     ("GET", "/admin/projects/{project_id}/datasets"): Op(ADMIN),
     ("POST", "/admin/projects/{project_id}/datasets"): Op(ADMIN, form={"exports": "trl"}),
     ("GET", "/admin/datasets/{dataset_id}/records"): Op(ADMIN),
