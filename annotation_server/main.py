@@ -14,6 +14,7 @@ from annotation_server.routes import (
     auth,
     datasets,
     evaluations,
+    gold,
     images,
     jobs,
     labelstudio,
@@ -93,6 +94,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         evaluations,
         labelstudio,
         quality,
+        gold,
     )
     for module in modules:
         api.include_router(module.router)

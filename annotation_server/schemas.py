@@ -194,6 +194,12 @@ RETRAIN_EVALUATE = (
 )
 
 
+GOLD_RATE = "probability that `next` serves a gold task the annotator has not answered (0: none)"
+GOLD_THRESHOLD = "gold accuracy under which an annotator is paused (null: never)"
+GOLD_MIN_ANSWERS = "gold answers (since the last resume) an annotator needs before the threshold applies"
+SANITY_TASKS = "how many automatic sanity gold tasks the project wants (made after its tasks)"
+
+
 class ProjectCreate(BaseModel):
     name: Annotated[Text, Field(min_length=1, max_length=200)]
     instructions: Annotated[Text, Field(max_length=20_000)] = ""
@@ -215,6 +221,10 @@ class ProjectCreate(BaseModel):
     retrain_evaluate: bool = Field(default=False, description=RETRAIN_EVALUATE)
     min_lead_time_ms: int = Field(default=2000, ge=0, le=600_000, description=MIN_LEAD_TIME)
     aggregation: Aggregation = Field(default="plurality", description=AGGREGATION)
+    gold_rate: Fraction = Field(default=0.0, description=GOLD_RATE)
+    gold_threshold: Fraction | None = Field(default=None, description=GOLD_THRESHOLD)
+    gold_min_answers: int = Field(default=5, ge=1, le=10_000, description=GOLD_MIN_ANSWERS)
+    sanity_tasks: int = Field(default=0, ge=0, le=10_000, description=SANITY_TASKS)
 
 
 class ProjectUpdate(BaseModel):
@@ -228,6 +238,10 @@ class ProjectUpdate(BaseModel):
     retrain_evaluate: bool | None = Field(default=None, description=RETRAIN_EVALUATE)
     min_lead_time_ms: int | None = Field(default=None, ge=0, le=600_000, description=MIN_LEAD_TIME)
     aggregation: Aggregation | None = Field(default=None, description=AGGREGATION)
+    gold_rate: Fraction | None = Field(default=None, description=GOLD_RATE)
+    gold_threshold: Fraction | None = Field(default=None, description=GOLD_THRESHOLD + "; 0 turns it off")
+    gold_min_answers: int | None = Field(default=None, ge=1, le=10_000, description=GOLD_MIN_ANSWERS)
+    sanity_tasks: int | None = Field(default=None, ge=0, le=10_000, description=SANITY_TASKS)
 
 
 class ProjectOut(ORMModel):
@@ -252,6 +266,10 @@ class ProjectOut(ORMModel):
     retrain_evaluate: bool
     min_lead_time_ms: int
     aggregation: str
+    gold_rate: float
+    gold_threshold: float | None
+    gold_min_answers: int
+    sanity_tasks: int
     created_at: datetime
 
 
@@ -381,6 +399,38 @@ class ProgressOut(ORMModel):
     left_for_you: int = Field(description="open tasks of the project that you have not answered or skipped")
     votes_left: int = Field(description="answers the project still needs from everyone")
     ms_per_task: float | None = Field(description="your mean time per task since `since`")
+
+
+class GoldTaskOut(ORMModel):
+    id: int
+    project_id: int
+    state: str
+    gold_best_candidate_id: int | None = Field(description="the known best (null for a sanity task)")
+    gold_worst_candidate_id: int | None = Field(description="the known worst")
+    gold_by: int | None = Field(description="who marked it (null: a sanity task)")
+
+
+class SanityRequest(BaseModel):
+    count: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description="sanity tasks the project should have; default: its setting",
+    )
+
+
+class GoldScoreOut(BaseModel):
+    user_id: int
+    username: str
+    answered: int = Field(description="scored gold answers (skips do not count)")
+    correct: int
+    accuracy: float | None
+    paused: bool = Field(description="paused by the answers since their last resume")
+
+
+class GoldOut(BaseModel):
+    gold_tasks: int
+    scores: list[GoldScoreOut]
 
 
 # A project's statistics: the service's dataclass is the response model (one definition).

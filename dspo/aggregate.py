@@ -254,7 +254,9 @@ def aggregate(
         .outerjoin(Instance, Instance.id == Task.instance_id)
         # Held-out sources are for evaluation: never in a dataset, whatever the settings, even if
         # votes on them exist (tasks made before the source was held out).
-        .where(Source.held_out.is_(False), Task.evaluation_id.is_(None))  # nor an evaluation's answers
+        # Nor an evaluation's answers, nor a gold task's (its answers test annotators, and a sanity
+        # task shows a candidate degraded on purpose).
+        .where(Source.held_out.is_(False), Task.evaluation_id.is_(None), Task.state != "gold")
         .order_by(per_task.c.task_id)
     ).all()
     fit: dict[str, Any] = {}

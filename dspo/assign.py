@@ -25,12 +25,17 @@ nor leased has an assign_rechecks row for them. Code outside this module keeps i
   become visible in increasing order (a cursor never goes past an id that commits later);
 - `mark_reopened(session, project_id, task_ids)` after anything that makes a task open again or
   eligible again for someone who answered it: a complete task reopened (undo does it here; reviews
-  or gold tasks would), or a vote deleted;
+  would), or a vote deleted;
 - `release_task` / `reclaim_expired_leases` to end a lease without an answer: never delete lease rows
   directly, because the annotator who held the lease needs a recheck row for the task.
 
 Freeing a slot (a skip, a release, an expiry, undo of an answer) needs nothing more: an open task
 that was full when a cursor went past it has a recheck row already.
+
+Gold tasks (state "gold", dspo.services.gold) are never open: the invariant does not cover them, the
+scan and the recheck rows never lease them (a recheck row of one is dropped like one of a complete
+task), and `next` leases them by a separate pick (`_lease_gold`) when `gold_turn` says so. Turning
+an open task into a gold one therefore needs no call here.
 """
 
 import hashlib
@@ -511,14 +516,25 @@ def _start(session: Session, *, project_id: int, user_id: int, now: datetime) ->
 
 
 def next_task(
-    session: Session, *, project_id: int, user_id: int, now: datetime, lease_seconds: int, position: int = 0
+    session: Session,
+    *,
+    project_id: int,
+    user_id: int,
+    now: datetime,
+    lease_seconds: int,
+    position: int = 0,
+    gold_rate: float = 0.0,
 ) -> LeasedTask | None:
     """The annotator's live leases in this project form a queue, oldest first; return the one at
     `position`, leasing new tasks (the first open ones with a free slot that they have neither
     answered, skipped nor leased) until the queue is that long; None when there are not enough.
 
     Position 0 is the task to show now (the same one until it is answered); position 1 lets the web
-    page lease and preload the task after it, so that the next task appears without a round trip."""
+    page lease and preload the task after it, so that the next task appears without a round trip.
+
+    With a gold_rate, each new lease is, with that probability (`gold_turn`), a gold task the
+    annotator has neither answered nor holds, when one is left. Gold tasks are never open, so the
+    cursor scan and its invariant never see them. A gold_rate of 0 adds no statement."""
     params = {"user_id": user_id, "project_id": project_id, "now": now, "limit": position + 1}
     held = session.execute(_HELD, params).all()
     if len(held) > position:
@@ -527,14 +543,65 @@ def next_task(
     cursor = _start(session, project_id=project_id, user_id=user_id, now=now)
     if cursor is None:
         return None
+    answered = session.scalar(_ANSWER_COUNT, params) + len(held) if gold_rate > 0 else 0
     leased = None
-    for _ in range(position + 1 - len(held)):
-        leased = _lease_new(
-            session, cursor, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds
-        )
+    for i in range(position + 1 - len(held)):
+        leased = None
+        if gold_rate > 0 and gold_turn(user_id, answered + i, gold_rate):
+            leased = _lease_gold(
+                session, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds
+            )
+        if leased is None:
+            leased = _lease_new(
+                session, cursor, project_id=project_id, user_id=user_id, now=now, seconds=lease_seconds
+            )
         if leased is None:
             return None
     return leased
+
+
+def gold_turn(user_id: int, answer_count: int, rate: float) -> bool:
+    """Whether the annotator's lease after `answer_count` answers (and leases held) is a gold one: a
+    draw seeded by (user, count), so the same history gives the same draws, with no visible pattern."""
+    seed = hashlib.sha256(f"gold:{user_id}:{answer_count}".encode()).digest()
+    return random.Random(seed).random() < rate
+
+
+# The annotator's answers (skips included) in the project: the count that seeds `gold_turn`.
+_ANSWER_COUNT = (
+    select(func.count())
+    .select_from(votes)
+    .join(tasks, tasks.c.id == votes.c.task_id)
+    .where(votes.c.user_id == bindparam("user_id"), tasks.c.project_id == bindparam("project_id"))
+)
+# The first gold task the annotator neither answered nor holds; another `next` of theirs waits on
+# their cursor lock, and the lease's unique (task, user) constraint stops a second lease regardless.
+_PICK_GOLD = (
+    select(tasks.c.id)
+    .where(tasks.c.project_id == bindparam("project_id"), tasks.c.state == "gold", _UNTOUCHED)
+    .order_by(tasks.c.id)
+    .limit(1)
+)
+
+
+def _lease_gold(
+    session: Session, *, project_id: int, user_id: int, now: datetime, seconds: int
+) -> LeasedTask | None:
+    """Lease a gold task for the annotator (slot counted like any lease); None when none is left."""
+    task_id = session.scalar(_PICK_GOLD, {"project_id": project_id, "user_id": user_id})
+    if task_id is None:
+        return None
+    session.execute(_TAKE_SLOT, {"tid": task_id})
+    session.execute(
+        _LEASE,
+        {
+            "task_id": task_id,
+            "user_id": user_id,
+            "expires_at": now + timedelta(seconds=seconds),
+            "created_at": now,
+        },
+    )
+    return _leased_task(session.execute(_LEASED, {"tid": task_id, "user_id": user_id}).one())
 
 
 def _lease_new(
@@ -710,7 +777,8 @@ def submit_vote(
     if data.outcome == "skip":
         slots -= 1 if had_lease else 0
     elif not had_lease:
-        if slots >= task.required_votes and not allow_full:
+        # A gold task has no slots to run out of: every annotator may answer it once.
+        if slots >= task.required_votes and not allow_full and task.state != "gold":
             raise Conflict(
                 f"task {task_id} has no free slot: your lease expired and others filled it; "
                 "ask for the next task"
@@ -734,13 +802,17 @@ def submit_vote(
             "created_at": now,
         },
     ).one()
-    _set_counts(session, task_id, task.required_votes, slots, count)
+    _set_counts(session, task_id, task.state, task.required_votes, slots, count)
     return vote
 
 
-def _set_counts(session: Session, task_id: int, required_votes: int, slots: int, count: int) -> None:
-    """Write the task's slots and counted answers (the row is locked); it is complete at k answers."""
-    state = "complete" if count >= required_votes else "open"
+def _set_counts(
+    session: Session, task_id: int, state: str, required_votes: int, slots: int, count: int
+) -> None:
+    """Write the task's slots and counted answers (the row is locked); it is complete at k answers,
+    except a gold task, which stays gold however many answer it."""
+    if state != "gold":
+        state = "complete" if count >= required_votes else "open"
     session.execute(_COUNT_VOTE, {"tid": task_id, "new_slots": slots, "new_count": count, "new_state": state})
 
 
@@ -786,12 +858,12 @@ def replace_vote(
     was_counted = old.outcome in COUNTED_OUTCOMES
     counted = data.outcome in COUNTED_OUTCOMES
     if counted and not was_counted:
-        if slots >= task.required_votes and not allow_full:
+        if slots >= task.required_votes and not allow_full and task.state != "gold":
             raise Conflict(f"task {task_id} was filled by others after you skipped it; your skip stays")
         slots, count = slots + 1, count + 1
     elif was_counted and not counted:
         slots, count = slots - 1, count - 1
-    _set_counts(session, task_id, task.required_votes, slots, count)
+    _set_counts(session, task_id, task.state, task.required_votes, slots, count)
     if task.state == "complete" and count < task.required_votes:
         # Open again: cursors went past it while it was complete.
         mark_reopened(session, task.project_id, [task_id])

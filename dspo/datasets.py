@@ -243,6 +243,7 @@ def _write_votes(session: Session, dataset: Dataset, path: Path) -> tuple[str, i
             Vote.id <= dataset.max_vote_id,
             Source.held_out.is_(False),  # as in dspo.aggregate: nothing of a held-out source
             Task.evaluation_id.is_(None),  # nor any answer of an evaluation round
+            Task.state != "gold",  # nor of a gold task
         )
         .order_by(Vote.id)
     ).all()

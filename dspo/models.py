@@ -124,6 +124,14 @@ class Project(Base):
     min_lead_time_ms: Mapped[int] = mapped_column(Integer, default=2000)
     # How a dataset chooses winner and loser unless its build says otherwise (dspo.aggregate.METHODS).
     aggregation: Mapped[str] = mapped_column(String(16), default="plurality")
+    # Gold tasks (dspo.services.gold): `next` serves one the annotator has not answered with this
+    # probability; an annotator with at least gold_min_answers gold answers (since their last resume)
+    # and an accuracy under gold_threshold (None: never) is paused; sanity_tasks is how many automatic
+    # sanity tasks the project wants (made by the sanity_tasks job).
+    gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    gold_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gold_min_answers: Mapped[int] = mapped_column(Integer, default=5)
+    sanity_tasks: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -141,7 +149,10 @@ class ProjectMember(Base):
 
 
 class Source(Base):
-    """One uploaded image: its LQ version, and the HQ original when LQ was synthesised from it."""
+    """One uploaded image: its LQ version, and the HQ original when LQ was synthesised from it.
+
+    A source in state "sanity" is the hidden copy behind one sanity gold task (dspo.services.gold):
+    the same LQ image, its own candidates (one degraded on purpose) and a copy of one instance."""
 
     __tablename__ = "sources"
     __table_args__ = (UniqueConstraint("project_id", "upload_sha256"),)
@@ -157,7 +168,7 @@ class Source(Base):
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     degradation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     prompt: Mapped[str] = mapped_column(Text, default="")
-    state: Mapped[str] = mapped_column(String(16), default="uploaded")  # uploaded | ready | failed
+    state: Mapped[str] = mapped_column(String(16), default="uploaded")  # uploaded | ready | failed | sanity
     # Kept for evaluation: never in a dataset (dspo.aggregate), no candidates or tasks (worker.jobs).
     held_out: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -230,7 +241,17 @@ class Task(Base):
     required_votes: Mapped[int] = mapped_column(Integer)
     vote_count: Mapped[int] = mapped_column(Integer, default=0)
     slots_taken: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default="open")  # open | complete
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | complete | gold
+    # A gold task (state "gold": never open, never complete) knows its answer: the best and worst of
+    # the admin or reviewer who marked it (gold_by), or, for a sanity task (gold_by null), the worst
+    # only: the candidate degraded on purpose. See dspo.services.gold.
+    gold_best_candidate_id: Mapped[int | None] = mapped_column(
+        ForeignKey("candidates.id", ondelete="CASCADE"), nullable=True
+    )
+    gold_worst_candidate_id: Mapped[int | None] = mapped_column(
+        ForeignKey("candidates.id", ondelete="CASCADE"), nullable=True
+    )
+    gold_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -298,6 +319,18 @@ class Vote(Base):
     lead_time_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     client_submission_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GoldResume(Base):
+    """When an admin last resumed an annotator paused by their gold accuracy in a project: only gold
+    answers given after it count towards the pause again."""
+
+    __tablename__ = "gold_resumes"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    resumed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resumed_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class VoteRevision(Base):

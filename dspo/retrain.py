@@ -41,6 +41,7 @@ def new_votes(runtime: Runtime, project_id: int, after_vote_id: int) -> int:
                 .where(
                     Task.project_id == project_id,
                     Task.evaluation_id.is_(None),  # evaluation answers never make a dataset
+                    Task.state != "gold",  # nor do gold answers
                     Vote.id > after_vote_id,
                     Vote.outcome != "skip",
                 )

@@ -16,6 +16,7 @@ from dspo.db import session_scope
 from dspo.images import degrade, encode_png, mask_to_png, upsample
 from dspo.jobs import JobContext
 from dspo.models import Candidate, Instance, Project, Source, Task
+from dspo.services.gold import SANITY_JOB, sanity_count
 from worker.generators import get_generator
 from worker.instances import build_instances, contested
 from worker.segmenters import get_segmenter
@@ -188,4 +189,8 @@ def tasks(ctx: JobContext) -> dict[str, Any]:
         row = session.get(Source, source.id)
         assert row is not None
         row.state = "ready"
+        wants_sanity = project.sanity_tasks > sanity_count(session, project.id)
+    if wants_sanity:
+        # The project asks for sanity gold tasks and has fewer: make them from the tasks there are now.
+        ctx.then(SANITY_JOB, {"project_id": project.id, "count": project.sanity_tasks}, project.id)
     return {"tasks_created": len(new)}

@@ -50,6 +50,7 @@ from dspo.labelstudio import bridge as labelstudio_bridge
 from dspo.services import (
     datasets,
     evaluations,
+    gold,
     jobs,
     members,
     model_versions,
@@ -183,13 +184,16 @@ def my_page(request: Request, user: PageUser, session: ReadSession) -> HTMLRespo
     """The signed-in user's own page: their progress in each of their projects."""
     mine = members.visible_projects(session, user)
     progress = [(project, stats.annotator_progress(session, project.id, user.id, None)) for project in mine]
-    return render(request, "me.html", {"user": user, "progress": progress})
+    accuracy = {p.id: s for p in mine for s in gold.scores(session, p.id, user_id=user.id)}
+    return render(request, "me.html", {"user": user, "progress": progress, "gold": accuracy})
 
 
 @router.get("/projects/{project_id}/annotate", response_class=HTMLResponse)
 def annotate(project_id: IdPath, request: Request, user: PageUser, session: ReadSession) -> HTMLResponse:
     project = members.require_project(session, user, project_id)
-    return render(request, "annotate.html", {"user": user, "project": project})
+    # The pause applies where gold tasks are served (as in `next`): the reason instead of a task.
+    paused = gold.pause_of(session, project, user.id) if project.gold_rate > 0 else None
+    return render(request, "annotate.html", {"user": user, "project": project, "paused": paused})
 
 
 @router.get("/projects/{project_id}/reviews", response_class=HTMLResponse)
@@ -299,6 +303,9 @@ def admin_project(
         "decisions": evaluations.decisions(session, project_id),
         "versions": model_versions.list_versions(session, project_id),
         "held_out": len(evaluations.held_out_sources(session, project_id)),
+        "gold_scores": gold.scores(session, project_id),
+        "gold_paused": gold.paused(session, project_id),
+        "gold_tasks": len(gold.gold_tasks(session, project_id)),
     }
     return render(request, "admin_project.html", context)
 
@@ -331,7 +338,12 @@ def admin_project_settings(
     retrain_evaluate: Annotated[bool, Form()] = False,
     min_lead_time_ms: Annotated[int | None, Form()] = None,
     aggregation: Annotated[str, Form()] = "plurality",
+    gold_rate: Annotated[float | None, Form()] = None,
+    gold_threshold: Annotated[float | None, Form()] = None,
+    gold_min_answers: Annotated[int | None, Form()] = None,
+    sanity_tasks: Annotated[int | None, Form()] = None,
 ) -> RedirectResponse:
+    """The Settings form; an empty gold field keeps its value (a threshold of 0 pauses nobody)."""
     changes = _validated(
         ProjectUpdate,
         instructions=instructions,
@@ -341,9 +353,45 @@ def admin_project_settings(
         retrain_evaluate=retrain_evaluate,
         min_lead_time_ms=min_lead_time_ms,
         aggregation=aggregation,
+        gold_rate=gold_rate,
+        gold_threshold=gold_threshold,
+        gold_min_answers=gold_min_answers,
+        sanity_tasks=sanity_tasks,
     )
     projects.update_project(session, project_id, changes.model_dump(exclude_none=True))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/admin/projects/{project_id}/gold")
+def admin_mark_gold(
+    project_id: IdPath,
+    admin: AdminUser,
+    session: WriteSession,
+    task_id: Annotated[int, Form(ge=1, le=2**63 - 1)],
+) -> RedirectResponse:
+    """Mark a task of this project that the admin answered with a pick as gold."""
+    members.require_project(session, admin, project_id)
+    if gold.task_project(session, task_id) != project_id:
+        raise InvalidInput(f"task {task_id} is not a task of project {project_id}")
+    gold.mark_gold(session, admin, task_id)
+    return RedirectResponse(f"/admin/projects/{project_id}#gold", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/admin/projects/{project_id}/sanity-tasks")
+def admin_sanity_tasks(
+    project_id: IdPath, _: AdminUser, session: WriteSession, runtime: RuntimeDep
+) -> RedirectResponse:
+    """Make the sanity tasks the project's setting asks for (a job, on the Jobs page)."""
+    gold.start_sanity_job(session, runtime, project_id)
+    return RedirectResponse(f"/admin/jobs?project_id={project_id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/admin/projects/{project_id}/gold/resume/{user_id}")
+def admin_resume(
+    project_id: IdPath, user_id: IdPath, admin: AdminUser, session: WriteSession
+) -> RedirectResponse:
+    gold.resume(session, project_id, user_id, by=admin.id)
+    return RedirectResponse(f"/admin/projects/{project_id}#gold", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.get("/admin/projects/{project_id}/datasets", response_class=HTMLResponse)

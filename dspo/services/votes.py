@@ -13,7 +13,8 @@ from dspo.db import utcnow
 from dspo.errors import Conflict, DspoError
 from dspo.metrics import TASKS_LEASED, VOTES_ACCEPTED
 from dspo.models import Vote
-from dspo.services import members
+from dspo.services import gold, members
+from dspo.services.projects import get_project
 from dspo.services.tokens import Principal
 
 
@@ -22,8 +23,12 @@ def lease_next(
 ) -> assign.LeasedTask | None:
     """The task at `position` of the annotator's queue of leases (see assign.next_task); None when
     nothing is left for them, NotFound for a project that does not exist or that they are not a
-    member of (one query, the only statement this adds to assign.next_task)."""
-    members.check_project(session, user, project_id)
+    member of (one query, the only statement this adds to assign.next_task). In a project that serves
+    gold tasks (gold_rate above 0), an annotator paused by their gold accuracy gets Forbidden with the
+    reason (dspo.services.gold), and some of the new leases are gold tasks."""
+    gold_rate = members.check_project(session, user, project_id).gold_rate
+    if gold_rate > 0:
+        gold.require_not_paused(session, get_project(session, project_id), user.id)
     task = assign.next_task(
         session,
         project_id=project_id,
@@ -31,6 +36,7 @@ def lease_next(
         now=utcnow(),
         lease_seconds=lease_seconds,
         position=position,
+        gold_rate=gold_rate,
     )
     session.commit()
     if task is not None:

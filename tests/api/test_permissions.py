@@ -104,6 +104,11 @@ RULES: dict[tuple[str, str], Op] = {
     ("GET", f"{API}/projects/{{project_id}}/reviews/queue"): Op(REVIEWERS),
     ("GET", f"{API}/tasks/{{task_id}}/review"): Op(REVIEWERS),
     ("POST", f"{API}/tasks/{{task_id}}/review"): Op(REVIEWERS, json={"decision": "no_pair"}),
+    # API: gold tasks
+    ("POST", f"{API}/tasks/{{task_id}}/gold"): Op(REVIEWERS),
+    ("POST", f"{API}/projects/{{project_id}}/sanity-tasks"): Op(ADMIN, json={"count": 0}),
+    ("GET", f"{API}/projects/{{project_id}}/gold"): Op(ADMIN),
+    ("POST", f"{API}/projects/{{project_id}}/gold/resume/{{user_id}}"): Op(ADMIN),
     # API: images
     ("GET", f"{API}/images/sources/{{source_id}}/lq"): Op(MEMBERS),
     ("GET", f"{API}/images/sources/{{source_id}}/hq"): Op(ADMIN),
@@ -161,6 +166,9 @@ RULES: dict[tuple[str, str], Op] = {
     ("POST", "/admin/projects/{project_id}/members/{user_id}/remove"): Op(
         ADMIN, form={}, prepare=_make_victim_a_member
     ),
+    ("POST", "/admin/projects/{project_id}/gold"): Op(ADMIN, form={"task_id": "{task_id}"}),
+    ("POST", "/admin/projects/{project_id}/sanity-tasks"): Op(ADMIN, form={}),
+    ("POST", "/admin/projects/{project_id}/gold/resume/{user_id}"): Op(ADMIN, form={}),
     ("GET", "/admin/projects/{project_id}/datasets"): Op(ADMIN),
     ("GET", "/admin/projects/{project_id}/quality"): Op(ADMIN),
     ("POST", "/admin/projects/{project_id}/datasets"): Op(ADMIN, form={"exports": "trl"}),

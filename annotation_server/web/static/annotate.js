@@ -88,9 +88,14 @@
     }
   }
 
+  // `next` refuses an annotator paused by their gold accuracy (403, with the reason): not a server
+  // outage to wait out, but a message to show.
+  class Paused extends Error {}
+
   async function fetchTask(position) {
     const response = await api("POST", `/api/v1/projects/${projectId}/next?position=${position}`);
     if (response.status === 204) return null;
+    if (response.status === 403) throw new Paused(await detail(response));
     if (!response.ok) throw new Error(await detail(response));
     return response.json();
   }
@@ -263,7 +268,11 @@
       const task = await fetchTask(0);
       if (task) show(task);
       else showMessage("Nothing left for you", "You have answered every task of this project that needs you.", "done");
-    } catch {
+    } catch (error) {
+      if (error instanceof Paused) {
+        showMessage("Your annotation is paused", error.message, "paused");
+        return;
+      }
       showMessage(
         "Waiting for the server",
         "The next task cannot be fetched right now. Your answers are kept in this browser.",
