@@ -4,18 +4,15 @@ annotator under the threshold until an admin resumes them; sanity tasks made by 
 
 import math
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from dspo import jobs
 from dspo.cli import ensure_user
 from dspo.models import Candidate, Task
 from tests.api.conftest import Api
 from tests.helpers import login, submission_id, wait_for_jobs
-from worker import gold_jobs
 
 API = "/api/v1"
 
@@ -204,15 +201,7 @@ def test_an_annotator_under_the_threshold_is_paused_until_resumed(api: Api) -> N
     assert scores(api, project_id)["bob"]["answered"] == 3  # the quality view counts every answer
 
 
-@pytest.fixture
-def sanity_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The sanity job's handler, when the installed package metadata predates its entry point."""
-    installed = jobs.handlers
-    monkeypatch.setattr(jobs, "handlers", lambda: {**installed(), "sanity_tasks": gold_jobs.sanity_tasks})
-    yield
-
-
-def test_sanity_tasks_are_made_by_their_job_and_score_the_worst(api: Api, sanity_handler: None) -> None:
+def test_sanity_tasks_are_made_by_their_job_and_score_the_worst(api: Api) -> None:
     project_id = api.make_project(n_images=1, overlap=2, sanity_tasks=1)  # made after the tasks
     made = api.client.post(f"{API}/projects/{project_id}/sanity-tasks", json={"count": 2}, headers=api.admin)
     assert made.status_code == 202, made.text
