@@ -705,6 +705,9 @@ class AnnotatorQualityOut(ORMModel):
     timed_answers: int = Field(description="answers whose lead time is known")
     fast_answers: int = Field(description="answers faster than the project's min_lead_time_ms")
     fast_share: float | None
+    gold_answers: int = Field(description="scored answers to gold tasks (skips left out)")
+    gold_correct: int
+    gold_accuracy: float | None
     best_positions: PositionTestOut
     worst_positions: PositionTestOut
 

@@ -29,7 +29,10 @@ def mark_gold(task_id: BigIdPath, user: CurrentUser, session: WriteSession) -> T
 
 
 @router.post(
-    "/projects/{project_id}/sanity-tasks", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED
+    "/projects/{project_id}/sanity-tasks",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(400, 413),
 )
 def make_sanity_tasks(
     project_id: IdPath, body: SanityRequest, _: AdminUser, session: WriteSession, runtime: RuntimeDep

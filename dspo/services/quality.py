@@ -23,6 +23,7 @@ from dspo.quality_stats import (
     histogram,
     position_test,
 )
+from dspo.services import gold
 from dspo.services.members import require_project, sees_every_answer
 from dspo.services.projects import get_project
 from dspo.services.tokens import Principal
@@ -86,6 +87,12 @@ class AnnotatorQuality:
     worst_tasks: int = 0
     timed_answers: int = 0  # answers whose lead time is known
     fast_answers: int = 0  # of those, faster than the project's min_lead_time_ms
+    gold_answers: int = 0  # scored answers to gold tasks (dspo.services.gold), skips left out
+    gold_correct: int = 0
+
+    @property
+    def gold_accuracy(self) -> float | None:
+        return self.gold_correct / self.gold_answers if self.gold_answers else None
 
     @property
     def fast_share(self) -> float | None:
@@ -145,6 +152,11 @@ def report(session: Session, project_id: int, window_tasks: int = ALPHA_WINDOW_T
             counts.worst_tasks,
         )
         row.best_agreement, row.worst_agreement = counts.best, counts.worst
+    for score in gold.scores(session, project_id):
+        row = rows.get(score.user_id)
+        if row is None:
+            row = rows[score.user_id] = AnnotatorQuality(score.user_id, "", Positions(n))
+        row.gold_answers, row.gold_correct = score.answered, score.correct
     for user_id, name in _usernames(session, set(rows)).items():
         rows[user_id].username = name
 

@@ -124,6 +124,10 @@ def test_marked_gold_is_served_once_scored_and_kept_out_of_datasets(
     assert (found["alice"]["answered"], found["alice"]["correct"], found["alice"]["accuracy"]) == (1, 1, 1.0)
     assert (found["bob"]["answered"], found["bob"]["correct"], found["bob"]["accuracy"]) == (1, 0, 0.0)
     assert "rita" not in found  # the marker's own answer is the key, not a score
+    quality = api.client.get(f"{API}/projects/{project_id}/quality", headers=api.admin).json()
+    in_quality = {a["username"]: a for a in quality["annotators"]}
+    assert (in_quality["alice"]["gold_answers"], in_quality["alice"]["gold_accuracy"]) == (1, 1.0)
+    assert (in_quality["bob"]["gold_answers"], in_quality["bob"]["gold_accuracy"]) == (1, 0.0)
     with api.runtime.sessions() as session:
         task = session.get(Task, gold_id)
         assert task is not None and task.state == "gold" and task.vote_count == 3  # never complete
