@@ -6,10 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from annotation_server.deps import CurrentUser, ReadSession, WriteSession
-from annotation_server.routes.tasks import LABELS
 from annotation_server.schemas import (
     BigIdPath,
-    CandidateView,
     FlagIn,
     FlagOut,
     Fraction,
@@ -20,6 +18,7 @@ from annotation_server.schemas import (
     ReviewTaskOut,
     errors,
 )
+from annotation_server.task_views import viewer_fields
 from dspo.models import TaskFlag
 from dspo.services import reviews
 
@@ -61,22 +60,8 @@ def task_for_review(
 ) -> ReviewTaskOut:
     """Everything a reviewer decides on: the task, every answer with who gave it, flags and reviews."""
     task = reviews.task_for_review(session, user, task_id, min_agreement)
-    base = f"/api/v1/images/tasks/{task.id}"
     return ReviewTaskOut(
-        id=task.id,
-        project_id=task.project_id,
-        source_id=task.source_id,
-        instance_id=task.instance_id,
-        kind=task.kind,  # type: ignore[arg-type]
-        box=task.box,
-        image_size=task.image_size,
-        lq_url=f"{base}/lq",
-        mask_url=None if task.instance_id is None else f"/api/v1/images/instances/{task.instance_id}/mask",
-        candidates=[
-            CandidateView(id=cid, label=LABELS[i], image_url=f"{base}/candidates/{cid}")
-            for i, cid in enumerate(task.candidate_ids)
-        ],
-        instructions=task.instructions,
+        **viewer_fields(task, task.candidate_ids),
         answers=task.answers,
         flags=task.flags,
         reviews=task.reviews,

@@ -6,7 +6,6 @@ from sqlalchemy import Row
 from annotation_server.deps import CurrentUser, ReadSession, RuntimeDep, WriteSession
 from annotation_server.schemas import (
     BigIdPath,
-    CandidateView,
     IdPath,
     ProgressOut,
     SkipIn,
@@ -16,38 +15,17 @@ from annotation_server.schemas import (
     VoteOut,
     errors,
 )
+from annotation_server.task_views import viewer_fields
 from dspo import assign
 from dspo.models import Vote
 from dspo.services import members, stats, votes
 
 router = APIRouter(tags=["annotation"])
 
-LABELS = "ABCDEFGHIJKLMNOP"
-# An evaluation task's two outputs are named by where they are shown (letters would suggest sides A/B).
-PAIR_LABELS = ("Left", "Right")
-
 
 def task_view(task: assign.LeasedTask, user_id: int) -> TaskOut:
-    base = f"/api/v1/images/tasks/{task.id}"
     order = assign.shown_order(task.id, user_id, task.candidate_ids)
-    labels = PAIR_LABELS if task.kind == "evaluation" else LABELS
-    return TaskOut(
-        id=task.id,
-        project_id=task.project_id,
-        source_id=task.source_id,
-        instance_id=task.instance_id,
-        kind=task.kind,  # type: ignore[arg-type]
-        box=task.box,
-        image_size=task.image_size,
-        lq_url=f"{base}/lq",
-        mask_url=None if task.instance_id is None else f"/api/v1/images/instances/{task.instance_id}/mask",
-        candidates=[
-            CandidateView(id=cid, label=labels[i], image_url=f"{base}/candidates/{cid}")
-            for i, cid in enumerate(order)
-        ],
-        lease_expires_at=task.lease_expires_at,
-        instructions=task.instructions,
-    )
+    return TaskOut(**viewer_fields(task, order), lease_expires_at=task.lease_expires_at)
 
 
 @router.post(
