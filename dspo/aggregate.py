@@ -214,15 +214,11 @@ def newest_review_id(session: Session, project_id: int) -> int:
     return session.scalar(stmt) or 0
 
 
-def aggregate(
-    session: Session,
-    project_id: int,
-    max_vote_id: int,
-    settings: AggregationSettings,
-    max_review_id: int = 0,
-) -> Aggregate:
-    """The pairs and drops of the votes up to max_vote_id. A task's newest review up to max_review_id
-    (0: none) decides it instead of its votes: the reviewer's winner and loser, or no record."""
+def _decided_rows(
+    session: Session, project_id: int, max_vote_id: int, settings: AggregationSettings
+) -> tuple[list[Any], dict[str, Any]]:
+    """One row per answered task that may become a record, with its winner and loser by the
+    settings' method; and Dawid-Skene's fit report (empty under plurality)."""
     project = session.get(Project, project_id)
     if project is None:
         raise LookupError(f"project {project_id} does not exist")
@@ -259,10 +255,31 @@ def aggregate(
         .where(Source.held_out.is_(False), Task.evaluation_id.is_(None), Task.state != "gold")
         .order_by(per_task.c.task_id)
     ).all()
-    fit: dict[str, Any] = {}
     if settings.method == "dawid_skene":
-        rows, fit = dawid_skene.reweigh(session, project_id, max_vote_id, rows)
+        return dawid_skene.reweigh(session, project_id, max_vote_id, rows)
+    return list(rows), {}
 
+
+def drop_reasons(
+    session: Session, project_id: int, max_vote_id: int, settings: AggregationSettings
+) -> dict[int, str]:
+    """task → why its votes alone give no record (reviews left out): what aggregate() would drop, without
+    building pairs or counting texts."""
+    rows, _ = _decided_rows(session, project_id, max_vote_id, settings)
+    reasons = {row.task_id: _drop_reason(row, settings) for row in rows}
+    return {task_id: reason for task_id, reason in reasons.items() if reason is not None}
+
+
+def aggregate(
+    session: Session,
+    project_id: int,
+    max_vote_id: int,
+    settings: AggregationSettings,
+    max_review_id: int = 0,
+) -> Aggregate:
+    """The pairs and drops of the votes up to max_vote_id. A task's newest review up to max_review_id
+    (0: none) decides it instead of its votes: the reviewer's winner and loser, or no record."""
+    rows, fit = _decided_rows(session, project_id, max_vote_id, settings)
     result = Aggregate(pairs=[], tasks=len(rows), fit=fit)
     reviews = _reviews(session, project_id, max_vote_id, max_review_id)
     kept = []

@@ -47,7 +47,7 @@ def gold_scores(project_id: IdPath, _: AdminUser, session: ReadSession) -> GoldO
     """Per annotator: gold answers, correct ones, accuracy (all answers), and whether paused."""
     paused = {s.user_id for s in gold.paused(session, project_id)}
     return GoldOut(
-        gold_tasks=len(gold.gold_tasks(session, project_id)),
+        gold_tasks=gold.count_gold_tasks(session, project_id),
         scores=[
             GoldScoreOut(**vars(s), accuracy=s.accuracy, paused=s.user_id in paused)
             for s in gold.scores(session, project_id)

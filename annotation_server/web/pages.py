@@ -305,7 +305,7 @@ def admin_project(
         "held_out": len(evaluations.held_out_sources(session, project_id)),
         "gold_scores": gold.scores(session, project_id),
         "gold_paused": gold.paused(session, project_id),
-        "gold_tasks": len(gold.gold_tasks(session, project_id)),
+        "gold_tasks": gold.count_gold_tasks(session, project_id),
     }
     return render(request, "admin_project.html", context)
 

@@ -67,9 +67,14 @@ def task_project(session: Session, task_id: int) -> int | None:
     return session.scalar(select(Task.project_id).where(Task.id == task_id))
 
 
-def gold_tasks(session: Session, project_id: int) -> list[Task]:
+def count_gold_tasks(session: Session, project_id: int) -> int:
     get_project(session, project_id)
-    return list(session.scalars(select(Task).where(Task.project_id == project_id, Task.state == "gold")))
+    return (
+        session.scalar(
+            select(func.count()).select_from(Task).where(Task.project_id == project_id, Task.state == "gold")
+        )
+        or 0
+    )
 
 
 # --- Scoring ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dspo.aggregate import CONTESTED, AggregationSettings, aggregate, newest_vote_id
+from dspo.aggregate import CONTESTED, AggregationSettings, drop_reasons, newest_vote_id
 from dspo.db import utcnow
 from dspo.errors import Conflict, Forbidden, InvalidInput
 from dspo.models import Candidate, Instance, Project, Review, Source, Task, TaskFlag, User, Vote
@@ -179,10 +179,11 @@ def _reviews(session: Session, task_ids: list[int]) -> dict[int, list[ReviewEntr
 
 def _contested(session: Session, project_id: int, min_agreement: float) -> dict[int, str]:
     """task → why its votes give no pair, for tasks with enough answers that disagree: what the votes
-    alone say (reviews left out), by the aggregation that builds datasets."""
-    settings = AggregationSettings(min_agreement=min_agreement)
-    result = aggregate(session, project_id, newest_vote_id(session, project_id), settings)
-    return {task_id: reason for task_id, reason in result.dropped.items() if reason in CONTESTED}
+    alone say (reviews left out), by the aggregation that builds datasets (the project's method)."""
+    method = session.scalar(select(Project.aggregation).where(Project.id == project_id))
+    settings = AggregationSettings(min_agreement=min_agreement, method=method or "plurality")
+    reasons = drop_reasons(session, project_id, newest_vote_id(session, project_id), settings)
+    return {task_id: reason for task_id, reason in reasons.items() if reason in CONTESTED}
 
 
 def queue(session: Session, user: Principal, project_id: int, min_agreement: float = 0.5) -> list[QueueItem]:

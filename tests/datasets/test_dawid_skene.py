@@ -8,12 +8,15 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from annotation_server.deps import SESSION_COOKIE, csrf_token_for
-from dspo.aggregate import AggregationSettings, aggregate, newest_vote_id
+from dspo.aggregate import METHODS, AggregationSettings, aggregate, drop_reasons, newest_vote_id
 from dspo.datasets import NATIVE, dataset_dir
-from dspo.models import Dataset
+from dspo.db import session_scope
+from dspo.models import Dataset, Project
 from dspo.runtime import Runtime
+from dspo.services import reviews
 from tests.datasets.helpers import TaskInfo, make_project, tasks, users, vote, vote_all
 
 CONTESTED = 4
@@ -162,3 +165,25 @@ def test_the_admin_pages_set_the_projects_method_and_override_it_per_build(
     }
     for dataset in listed:
         wait_published(runtime, dataset["id"])
+
+
+def test_the_review_queue_judges_disputes_by_the_projects_method(
+    runtime: Runtime, outvoted: tuple[int, list[TaskInfo]]
+) -> None:
+    """drop_reasons is what aggregate() drops; the queue asks it with the project's own method, so a
+    Dawid-Skene project is not sent to review for the low vote shares that plurality sees."""
+    project_id, _ = outvoted
+    with runtime.sessions() as session:
+        newest = newest_vote_id(session, project_id)
+        for method in METHODS:
+            settings = AggregationSettings(method=method)
+            assert drop_reasons(session, project_id, newest, settings) == (
+                aggregate(session, project_id, newest, settings).dropped
+            )
+        plurality = drop_reasons(session, project_id, newest, AggregationSettings())
+        assert list(plurality.values()).count("low_agreement") == 14  # the careful pair: 2 of 5
+        assert set(reviews._contested(session, project_id, 0.5).values()) == {"tie", "low_agreement"}
+    with session_scope(runtime.sessions) as session:
+        session.execute(update(Project).where(Project.id == project_id).values(aggregation="dawid_skene"))
+    with runtime.sessions() as session:
+        assert set(reviews._contested(session, project_id, 0.5).values()) == {"tie"}
