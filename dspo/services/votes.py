@@ -26,8 +26,8 @@ def lease_next(
     member of (one query, the only statement this adds to assign.next_task). In a project that serves
     gold tasks (gold_rate above 0), an annotator paused by their gold accuracy gets Forbidden with the
     reason (dspo.services.gold), and some of the new leases are gold tasks."""
-    gold_rate = members.check_project(session, user, project_id).gold_rate
-    if gold_rate > 0:
+    gold_rate, gold_threshold = members.check_project(session, user, project_id)
+    if gold_rate > 0 and gold_threshold is not None:  # no pause without a threshold
         gold.require_not_paused(session, get_project(session, project_id), user.id)
     task = assign.next_task(
         session,
