@@ -108,12 +108,12 @@ class TrainConfig:
 class PretrainConfig:
     """Settings of `dspo pretrain` (trainer/pretrain.py): a small x4 upscaler trained from scratch."""
 
-    vae_steps: int = 400
-    unet_steps: int = 800
+    vae_steps: int = 3000
+    unet_steps: int = 1000
     crop: int = 64  # HQ crop side of the UNet's batches (a multiple of 16); the LQ crop is crop / 4
     vae_crop: int = 32  # HQ crop side of the VAE's batches: it is convolutional, small crops train it as well
     batch_size: int = 8
-    vae_lr: float = 2e-3
+    vae_lr: float = 1e-3
     unet_lr: float = 1e-3
     width: int = 1  # channel multiplier of the VAE and UNet (1: trainer/tiny.py's sizes)
     latent_channels: int = 8  # SD's 4 at factor 4 keep 1/12 of the numbers: too few for a model this small

@@ -7,9 +7,10 @@ differ by seed, guidance and steps, which is how the paper makes its N candidate
 the paper's own (SPEC §3), not the one-step surrogate (SPEC §4).
 
 Two stages, each a plain loop on random aligned crops of the pairs:
-1. the VAE (factor 4: latents are LQ-sized) as an autoencoder of HQ crops, L1 plus a small KL term; its
-   `scaling_factor` is then set to 1 / std of the latents, as Stable Diffusion does, so the diffusion
-   sees unit-variance latents;
+1. the VAE (factor 4: latents are LQ-sized) as an autoencoder of HQ crops, L1 plus a small KL term;
+   its latents are then rescaled so that, times the x4 upscaler's fixed `scaling_factor` (0.08333),
+   they have unit variance, as the diffusion expects (`fold_latent_scale` says why it is not the
+   `scaling_factor` that changes);
 2. the UNet, VAE frozen: v-prediction on the HQ latent, conditioned on the LQ crop noised to
    `noise_level` (its class label, as at inference) and on the text; the prompt is dropped 10% of the
    time, so classifier-free guidance has an unconditional branch to push away from.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +46,7 @@ from trainer.pipeline_onestep import encode_prompt
 from trainer.tiny import TEXT_DIM, tiny_text_encoder, write_tiny_tokenizer
 
 SCALE = 4  # the upscaler's VAE factor
+UPSCALER_SCALING_FACTOR = 0.08333  # the only value StableDiffusionUpscalePipeline keeps
 MAX_NOISE_LEVEL = 350
 PROMPT_DROPOUT = 0.1
 CONFIG_FILE = "pretrain.json"
@@ -142,7 +145,23 @@ def train_vae(vae: AutoencoderKL, data: Pairs, cfg: PretrainConfig, log: list[di
     with torch.no_grad():
         _, hq = data.batch(64)
         latents = vae.encode(hq.to(cfg.device)).latent_dist.mode()
-        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        fold_latent_scale(vae, UPSCALER_SCALING_FACTOR * float(latents.std()))
+
+
+def fold_latent_scale(vae: AutoencoderKL, std: float) -> None:
+    """Divide the VAE's latents by `std` without changing what it decodes: the mean channels of
+    `quant_conv` are divided, its log-variance channels shifted by -2 log(std), and `post_quant_conv`
+    multiplies its input back.
+
+    Stable Diffusion sets `scaling_factor` to 1 / std instead; `StableDiffusionUpscalePipeline` resets
+    any value but 0.08333 when it is built (with a deprecation warning), so a model saved that way is
+    sampled and fine-tuned at the wrong latent scale: outputs 14 dB under bicubic upsampling."""
+    half = vae.config.latent_channels
+    vae.quant_conv.weight[:half] /= std
+    vae.quant_conv.bias[:half] /= std
+    vae.quant_conv.bias[half:] -= 2 * math.log(std)
+    vae.post_quant_conv.weight *= std
+    vae.register_to_config(scaling_factor=UPSCALER_SCALING_FACTOR)
 
 
 def train_unet(

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from dspo.cli import main
 from trainer.backbones.upscaler import UpscalerBackbone
+from trainer.pretrain import fold_latent_scale, vae_of
 
 
 def write_pairs(root: Path) -> tuple[Path, Path]:
@@ -41,7 +42,7 @@ def test_a_pretrained_model_loads_runs_and_is_reproducible(tmp_path: Path) -> No
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     pipe = StableDiffusionUpscalePipeline.from_pretrained(tmp_path / "a")
-    assert pipe.vae.config.latent_channels == 8 and pipe.vae.config.scaling_factor != 0.18215
+    assert pipe.vae.config.latent_channels == 8 and pipe.vae.config.scaling_factor == 0.08333
     image, seed = Image.open(lq / "0.png"), torch.Generator().manual_seed(0)
     out = pipe(prompt="a photo", image=image, num_inference_steps=2, generator=seed)
     assert out.images[0].size == (96, 64)
@@ -53,3 +54,18 @@ def test_pairs_that_do_not_match_are_refused(tmp_path: Path, capsys: pytest.Capt
     Image.new("RGB", (20, 16)).save(lq / "0.png")
     assert pretrain(lq, hq, tmp_path / "out") == 2
     assert "needs an LQ image of 1/4 its size" in capsys.readouterr().err
+
+
+def test_folding_the_latent_scale_keeps_reconstructions_and_scales_latents() -> None:
+    torch.manual_seed(0)
+    vae = vae_of(width=1, latent_channels=8).eval()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(images).latent_dist
+        recon = vae.decode(before.mode()).sample
+        fold_latent_scale(vae, 4.0)
+        after = vae.encode(images).latent_dist
+        assert torch.allclose(after.mode(), before.mode() / 4, atol=1e-5)
+        assert torch.allclose(after.std, before.std / 4, atol=1e-5)
+        assert torch.allclose(vae.decode(after.mode()).sample, recon, atol=1e-4)
+    assert vae.config.scaling_factor == 0.08333
