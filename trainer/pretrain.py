@@ -62,6 +62,7 @@ def vae_of(width: int, latent_channels: int) -> AutoencoderKL:
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=64,
+        scaling_factor=UPSCALER_SCALING_FACTOR,
     )
 
 
@@ -216,8 +217,13 @@ def pretrain(pairs: Sequence[tuple[Image.Image, Image.Image]], out: str | Path, 
         tokenizer=tokenizer,
         unet=unet_of(cfg.width, cfg.latent_channels),
         low_res_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear"),
+        # Latents are not in [-1, 1] (unit variance): DDIM's default clipping of the predicted x0 to
+        # [-1, 1] washed the base's outputs out (17 dB PSNR with it, 22 dB without, 10 steps).
         scheduler=DDIMScheduler(
-            num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type="v_prediction"
+            num_train_timesteps=1000,
+            beta_schedule="scaled_linear",
+            prediction_type="v_prediction",
+            clip_sample=False,
         ),
         max_noise_level=MAX_NOISE_LEVEL,
     ).to(cfg.device)

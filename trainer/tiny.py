@@ -96,8 +96,12 @@ def make_tiny_model(folder: str | Path, backbone: str, seed: int = 0) -> Path:
             tokenizer=tokenizer,
             unet=tiny_unet(7, num_class_embeds=max_noise_level + 1),
             low_res_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear"),
+            # Latents are not in [-1, 1]: DDIM's default clipping of x0 would wash outputs out.
             scheduler=DDIMScheduler(
-                num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type="v_prediction"
+                num_train_timesteps=1000,
+                beta_schedule="scaled_linear",
+                prediction_type="v_prediction",
+                clip_sample=False,
             ),
             max_noise_level=max_noise_level,
         )

@@ -43,6 +43,7 @@ def test_a_pretrained_model_loads_runs_and_is_reproducible(tmp_path: Path) -> No
 
     pipe = StableDiffusionUpscalePipeline.from_pretrained(tmp_path / "a")
     assert pipe.vae.config.latent_channels == 8 and pipe.vae.config.scaling_factor == 0.08333
+    assert not pipe.scheduler.config.clip_sample  # latents are unit-variance, not in [-1, 1]
     image, seed = Image.open(lq / "0.png"), torch.Generator().manual_seed(0)
     out = pipe(prompt="a photo", image=image, num_inference_steps=2, generator=seed)
     assert out.images[0].size == (96, 64)
