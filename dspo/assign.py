@@ -73,6 +73,7 @@ from dspo.models import (
     Instance,
     Lease,
     Project,
+    ProjectMember,
     Source,
     Task,
     Vote,
@@ -87,6 +88,7 @@ REPLACE_GRACE = timedelta(minutes=10)
 
 tasks, leases, votes = Task.__table__, Lease.__table__, Vote.__table__
 cursors, rechecks = AssignCursor.__table__, AssignRecheck.__table__
+project_members = ProjectMember.__table__
 projects, sources, instances, candidates = (
     Project.__table__,
     Source.__table__,
@@ -383,6 +385,13 @@ _TASK_FOR_VOTE = (
         projects.c.require_content,
         projects.c.require_defect,
         CANDIDATE_IDS,
+        # The membership check of a vote, in the statement that reads the task anyway.
+        exists()
+        .where(
+            project_members.c.project_id == tasks.c.project_id,
+            project_members.c.user_id == bindparam("member_id"),
+        )
+        .label("is_member"),
     )
     .join(projects, projects.c.id == tasks.c.project_id)
     .where(tasks.c.id == bindparam("tid"))
@@ -749,21 +758,33 @@ def _check_texts(require_content: bool, require_defect: bool, data: VoteInput) -
         raise InvalidInput("this project needs defect_text: say what is wrong in the worst candidate")
 
 
-def _lock_task_for_vote(session: Session, task_id: int) -> Row[Any]:
-    """The task's counters, its project's text requirements and its candidates, the task row locked."""
+def _lock_task_for_vote(session: Session, task_id: int, member_of: int | None = None) -> Row[Any]:
+    """The task's counters, its project's text requirements and its candidates, the task row locked;
+    NotFound, as for a task that does not exist, unless user `member_of` (None: no check) is a member
+    of its project."""
     stmt = _TASK_FOR_VOTE_LOCKED if _postgres(session) else _TASK_FOR_VOTE
-    row = session.execute(stmt, {"tid": task_id}).first()
-    if row is None:
-        raise NotFound(f"task {task_id} does not exist")
+    row = session.execute(stmt, {"tid": task_id, "member_id": member_of}).first()
+    if row is None or (member_of is not None and not row.is_member):
+        suffix = "" if member_of is None else ", or is in a project you are not a member of"
+        raise NotFound(f"task {task_id} does not exist{suffix}")
     return row
 
 
 def submit_vote(
-    session: Session, *, task_id: int, user_id: int, data: VoteInput, now: datetime, allow_full: bool = False
+    session: Session,
+    *,
+    task_id: int,
+    user_id: int,
+    data: VoteInput,
+    now: datetime,
+    allow_full: bool = False,
+    check_member: bool = False,
 ) -> Row[Any]:
     """Record an answer (or a skip) and return the new vote row. `allow_full` takes an answer without a
     lease even when the task has no free slot: for answers given in another tool (the Label Studio
-    bridge), which were given already and must not be lost.
+    bridge), which were given already and must not be lost. `check_member`: NotFound unless the user is
+    a member of the task's project (checked with the task's row, no statement of its own); the caller
+    rolls back what came before.
 
     Replays are found after the fact: a submission id used before, or a second answer to the same
     task, fails here on the unique constraints of votes (or on the slot check, if the task filled up
@@ -771,7 +792,7 @@ def submit_vote(
     first vote) or a conflict. Checking first would cost every vote a query that almost never finds
     anything."""
     had_lease = _take_lease(session, task_id, user_id)
-    task = _lock_task_for_vote(session, task_id)
+    task = _lock_task_for_vote(session, task_id, user_id if check_member else None)
     ids = _ids(task.candidate_ids)
     _validate(data, ids)
     _check_texts(task.require_content, task.require_defect, data)

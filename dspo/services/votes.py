@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from dspo import assign
 from dspo.db import utcnow
-from dspo.errors import Conflict, DspoError
+from dspo.errors import Conflict, DspoError, NotFound
 from dspo.metrics import TASKS_LEASED, VOTES_ACCEPTED
 from dspo.models import Vote
 from dspo.services import gold, members
@@ -53,10 +53,12 @@ def record_vote(
     replaces_submission_id: str | None = None,
 ) -> tuple[Vote | Row[Any], bool]:
     """Record an answer (or replace an earlier one: undo) and return (vote, created). A replay of a
-    submission already recorded returns its vote with created False; a different second answer to the
-    same task, or a reused submission id, is a Conflict. Only a member of the task's project may."""
+        submission already recorded returns its vote with created False; a different second answer to the
+        same task, or a reused submission id, is a Conflict. Only a member of the task's project may: for
+    anyone else the task does not exist (NotFound), whatever they sent."""
     user_id = user.id
-    members.require_task(session, user, task_id)
+    if replaces_submission_id:  # rare: its own query; a new answer checks membership with the task's row
+        members.require_task(session, user, task_id)
     try:
         if replaces_submission_id:
             vote, created = assign.replace_vote(
@@ -68,12 +70,22 @@ def record_vote(
                 now=utcnow(),
             )
         else:
-            vote = assign.submit_vote(session, task_id=task_id, user_id=user_id, data=data, now=utcnow())
+            vote = assign.submit_vote(
+                session,
+                task_id=task_id,
+                user_id=user_id,
+                data=data,
+                now=utcnow(),
+                check_member=not members.sees_every_project(user),
+            )
             created = True
         session.commit()
         if created:
             VOTES_ACCEPTED.labels(data.outcome).inc()
         return vote, created
+    except NotFound:
+        session.rollback()
+        raise
     except (DspoError, IntegrityError) as failure:
         # A replayed submission (a client retry, maybe racing its original) or a second answer to the
         # same task fails on the unique constraints of votes or on the slot check: say which, and
