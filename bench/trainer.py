@@ -36,7 +36,12 @@ from dspo.dataset_format import DatasetWriter, Record  # noqa: E402
 from trainer.backbones import load_backbone  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import PreferenceDataset, collate  # noqa: E402
-from trainer.tiny import make_tiny_model, write_tiny_tokenizer  # noqa: E402
+from trainer.tiny import (  # noqa: E402
+    UPSCALER_SCALING_FACTOR,
+    make_tiny_model,
+    upscaler_schedulers,
+    write_tiny_tokenizer,
+)
 from trainer.train import PEAK_BF16_TFLOPS, Reference, add_lora, train  # noqa: E402
 
 
@@ -83,13 +88,7 @@ def make_bench_dataset(root: Path, records: int, size: int, scale: int = 4, seed
 
 def make_sd21_sized_upscaler(folder: Path) -> Path:
     """The x4-upscaler architecture at Stable Diffusion 2.1's widths, random weights (no download here)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        DDPMScheduler,
-        StableDiffusionUpscalePipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, StableDiffusionUpscalePipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = write_tiny_tokenizer(folder / "tokenizer")
@@ -113,7 +112,7 @@ def make_sd21_sized_upscaler(folder: Path) -> Path:
         up_block_types=("UpDecoderBlock2D",) * 3,
         latent_channels=4,
         layers_per_block=2,
-        scaling_factor=0.08333,
+        scaling_factor=UPSCALER_SCALING_FACTOR,
     )
     unet = UNet2DConditionModel(
         in_channels=7,
@@ -132,10 +131,7 @@ def make_sd21_sized_upscaler(folder: Path) -> Path:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        low_res_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear"),
-        scheduler=DDIMScheduler(
-            num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type="v_prediction"
-        ),
+        **upscaler_schedulers(),
     ).save_pretrained(folder)
     return folder
 

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     DDPMScheduler,
     StableDiffusionUpscalePipeline,
     UNet2DConditionModel,
@@ -43,10 +42,15 @@ from PIL import Image
 
 from trainer.config import PretrainConfig
 from trainer.pipeline_onestep import encode_prompt
-from trainer.tiny import TEXT_DIM, tiny_text_encoder, write_tiny_tokenizer
+from trainer.tiny import (
+    TEXT_DIM,
+    UPSCALER_SCALING_FACTOR,
+    tiny_text_encoder,
+    upscaler_schedulers,
+    write_tiny_tokenizer,
+)
 
 SCALE = 4  # the upscaler's VAE factor
-UPSCALER_SCALING_FACTOR = 0.08333  # the only value StableDiffusionUpscalePipeline keeps
 MAX_NOISE_LEVEL = 350
 PROMPT_DROPOUT = 0.1
 CONFIG_FILE = "pretrain.json"
@@ -216,15 +220,7 @@ def pretrain(pairs: Sequence[tuple[Image.Image, Image.Image]], out: str | Path, 
         text_encoder=tiny_text_encoder(tokenizer),
         tokenizer=tokenizer,
         unet=unet_of(cfg.width, cfg.latent_channels),
-        low_res_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear"),
-        # Latents are not in [-1, 1] (unit variance): DDIM's default clipping of the predicted x0 to
-        # [-1, 1] washed the base's outputs out (17 dB PSNR with it, 22 dB without, 10 steps).
-        scheduler=DDIMScheduler(
-            num_train_timesteps=1000,
-            beta_schedule="scaled_linear",
-            prediction_type="v_prediction",
-            clip_sample=False,
-        ),
+        **upscaler_schedulers(),
         max_noise_level=MAX_NOISE_LEVEL,
     ).to(cfg.device)
     pipe.text_encoder.requires_grad_(False)

@@ -53,14 +53,14 @@ def record_vote(
     replaces_submission_id: str | None = None,
 ) -> tuple[Vote | Row[Any], bool]:
     """Record an answer (or replace an earlier one: undo) and return (vote, created). A replay of a
-        submission already recorded returns its vote with created False; a different second answer to the
-        same task, or a reused submission id, is a Conflict. Only a member of the task's project may: for
+    submission already recorded returns its vote with created False; a different second answer to the
+    same task, or a reused submission id, is a Conflict. Only a member of the task's project may: for
     anyone else the task does not exist (NotFound), whatever they sent."""
     user_id = user.id
-    if replaces_submission_id:  # rare: its own query; a new answer checks membership with the task's row
-        members.require_task(session, user, task_id)
     try:
         if replaces_submission_id:
+            # Undo is rare: its own membership query. A new answer's rides on the task's row.
+            members.require_task(session, user, task_id)
             vote, created = assign.replace_vote(
                 session,
                 task_id=task_id,
