@@ -59,6 +59,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -196,12 +197,31 @@ _TASK_VIEW = (
     .outerjoin(instances, instances.c.id == tasks.c.instance_id)
 )
 _HELD = (
-    _TASK_VIEW.where(
+    _TASK_VIEW.add_columns(leases.c.id.label("lease_id"))
+    .where(
         leases.c.user_id == bindparam("user_id"),
         tasks.c.project_id == bindparam("project_id"),
         leases.c.expires_at >= bindparam("now"),
     )
-    .order_by(leases.c.id)
+    .subquery("held")
+)
+# `next`'s first statement: the project (no row: it does not exist), whether the caller is one of its
+# members, and the caller's live leases in it, oldest first (one row of NULLs when they hold none).
+_QUEUE = (
+    select(
+        projects.c.gold_rate,
+        projects.c.gold_threshold,
+        exists()
+        .where(
+            project_members.c.project_id == projects.c.id,
+            project_members.c.user_id == bindparam("member_id"),
+        )
+        .label("is_member"),
+        *(column for column in _HELD.c if column.name != "lease_id"),
+    )
+    .select_from(projects.outerjoin(_HELD, true()))
+    .where(projects.c.id == bindparam("project_id"))
+    .order_by(_HELD.c.lease_id)
     .limit(bindparam("limit", type_=Integer))
 )
 _LEASED = _TASK_VIEW.where(leases.c.task_id == bindparam("tid"), leases.c.user_id == bindparam("user_id"))
@@ -309,9 +329,10 @@ _LEASE = insert(leases)
 # Then: take the slot, insert the lease; record as recheck rows the open tasks the scan went past
 # that the annotator neither answered nor holds (full, or locked right now); move the cursor to the
 # task scanned, or to the last open task when the scan found none; drop the recheck rows that need
-# no more looking at (as _DROP_RECHECKS). `passed` re-reads the range `scanned` read, bounded by its
-# pick so that the index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE
-# nested in an UPDATE CTE.
+# no more looking at (as _DROP_RECHECKS); return what _TASK_VIEW returns of the new lease (one round
+# trip less than reading it after). `passed` re-reads the range `scanned` read, bounded by its pick so
+# that the index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in
+# an UPDATE CTE.
 #
 # The votes probe ends in OFFSET 0, which keeps PostgreSQL from turning it into an anti-join: for an
 # annotator with many answers the planner otherwise merges the scan with all their votes in task
@@ -321,8 +342,9 @@ _LEASE = insert(leases)
 _UNTOUCHED_SQL = """
     AND NOT EXISTS (SELECT 1 FROM votes WHERE votes.task_id = tasks.id AND votes.user_id = :user_id OFFSET 0)
     AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.task_id = tasks.id AND leases.user_id = :user_id)"""
-_PICK_AND_LEASE = text(
-    f"""
+_PICK_AND_LEASE = (
+    text(
+        f"""
     WITH rechecked AS (
         SELECT id FROM tasks
         WHERE id IN (SELECT task_id FROM assign_rechecks
@@ -345,7 +367,7 @@ _PICK_AND_LEASE = text(
     ), leased AS (
         INSERT INTO leases (task_id, user_id, expires_at, created_at)
         SELECT id, :user_id, :expires_at, :now FROM taken
-        RETURNING task_id
+        RETURNING task_id, expires_at
     ), passed AS (
         SELECT id FROM tasks
         WHERE project_id = :project_id AND state = 'open' AND id > :after
@@ -368,12 +390,25 @@ _PICK_AND_LEASE = text(
                OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = assign_rechecks.task_id
                               AND tasks.project_id = :project_id AND tasks.state = 'open' {_UNTOUCHED_SQL}))
     )
-    SELECT task_id FROM leased
+    SELECT tasks.id, tasks.project_id, tasks.source_id, tasks.instance_id, tasks.kind, leased.expires_at,
+           projects.instructions, projects.scale, sources.width, sources.height,
+           instances.x0, instances.y0, instances.x1, instances.y1,
+           (SELECT string_agg(CAST(candidates.id AS VARCHAR), ',') FROM candidates
+            WHERE candidates.source_id = tasks.source_id
+              AND coalesce(candidates.evaluation_id, 0) = coalesce(tasks.evaluation_id, 0)) AS candidate_ids
+    FROM leased
+    JOIN tasks ON tasks.id = leased.task_id
+    JOIN projects ON projects.id = tasks.project_id
+    JOIN sources ON sources.id = tasks.source_id
+    LEFT JOIN instances ON instances.id = tasks.instance_id
     """
-).bindparams(
-    bindparam("expires_at", type_=leases.c.expires_at.type),
-    bindparam("now", type_=leases.c.created_at.type),
-    bindparam("after", type_=BigInteger),
+    )
+    .bindparams(
+        bindparam("expires_at", type_=leases.c.expires_at.type),
+        bindparam("now", type_=leases.c.created_at.type),
+        bindparam("after", type_=BigInteger),
+    )
+    .columns(expires_at=leases.c.expires_at.type)
 )
 _TASK_FOR_VOTE = (
     select(
@@ -527,34 +562,80 @@ def _start(session: Session, *, project_id: int, user_id: int, now: datetime) ->
     return _Cursor(row.last_task_id, row.has_rechecks)
 
 
-def next_task(
+@dataclass(frozen=True)
+class Queue:
+    """What `next` reads first (`read_queue`): the project's gold settings and the annotator's live
+    leases in it, oldest first, up to the position asked for."""
+
+    project_id: int
+    user_id: int
+    now: datetime
+    position: int
+    gold_rate: float
+    gold_threshold: float | None
+    held: list[Row[Any]]
+
+
+def read_queue(
     session: Session,
     *,
     project_id: int,
     user_id: int,
     now: datetime,
-    lease_seconds: int,
     position: int = 0,
-    gold_rate: float = 0.0,
+    member_id: int | None = None,
+) -> Queue:
+    """`next`'s first statement. NotFound if the project does not exist or, with `member_id`, if that
+    user is not one of its members (checked in the same statement)."""
+    params = {
+        "user_id": user_id,
+        "project_id": project_id,
+        "now": now,
+        "limit": position + 1,
+        "member_id": member_id,
+    }
+    rows = session.execute(_QUEUE, params).all()
+    if not rows or (member_id is not None and not rows[0].is_member):
+        suffix = "" if member_id is None else ", or you are not one of its members: ask an admin to add you"
+        raise NotFound(f"project {project_id} does not exist{suffix}")
+    held = [row for row in rows if row.id is not None]
+    return Queue(project_id, user_id, now, position, rows[0].gold_rate, rows[0].gold_threshold, held)
+
+
+def next_task(
+    session: Session, *, project_id: int, user_id: int, now: datetime, lease_seconds: int, position: int = 0
 ) -> LeasedTask | None:
+    """`read_queue` then `lease_from`: the task at `position` of the annotator's queue."""
+    queue = read_queue(session, project_id=project_id, user_id=user_id, now=now, position=position)
+    return lease_from(session, queue, lease_seconds=lease_seconds)
+
+
+def lease_from(session: Session, queue: Queue, *, lease_seconds: int) -> LeasedTask | None:
     """The annotator's live leases in this project form a queue, oldest first; return the one at
-    `position`, leasing new tasks (the first open ones with a free slot that they have neither
+    `queue.position`, leasing new tasks (the first open ones with a free slot that they have neither
     answered, skipped nor leased) until the queue is that long; None when there are not enough.
 
     Position 0 is the task to show now (the same one until it is answered); position 1 lets the web
     page lease and preload the task after it, so that the next task appears without a round trip.
 
-    With a gold_rate, each new lease is, with that probability (`gold_turn`), a gold task the
-    annotator has neither answered nor holds, when one is left. Gold tasks are never open, so the
-    cursor scan and its invariant never see them. A gold_rate of 0 adds no statement."""
-    params = {"user_id": user_id, "project_id": project_id, "now": now, "limit": position + 1}
-    held = session.execute(_HELD, params).all()
+    With the project's gold_rate above 0, each new lease is, with that probability (`gold_turn`), a
+    gold task the annotator has neither answered nor holds, when one is left. Gold tasks are never
+    open, so the cursor scan and its invariant never see them. A gold_rate of 0 adds no statement."""
+    project_id, user_id, now, position, held = (
+        queue.project_id,
+        queue.user_id,
+        queue.now,
+        queue.position,
+        queue.held,
+    )
     if len(held) > position:
         return _leased_task(held[position])
 
     cursor = _start(session, project_id=project_id, user_id=user_id, now=now)
     if cursor is None:
         return None
+    gold_rate = queue.gold_rate
+    params = {"user_id": user_id, "project_id": project_id}
     answered = session.scalar(_ANSWER_COUNT, params) + len(held) if gold_rate > 0 else 0
     leased = None
     for i in range(position + 1 - len(held)):
@@ -631,24 +712,19 @@ def _lease_new(
         "after": cursor.after,
     }
     if _postgres(session):
-        task_id = session.scalar(_PICK_AND_LEASE, params)
-        if task_id is not None:
-            cursor.after = max(cursor.after, task_id)
-    else:
-        task_id = _pick_sqlite(session, cursor, params)
-        if task_id is not None:
-            session.execute(_TAKE_SLOT, {"tid": task_id})
-            session.execute(
-                _LEASE,
-                {
-                    "task_id": task_id,
-                    "user_id": user_id,
-                    "expires_at": params["expires_at"],
-                    "created_at": now,
-                },
-            )
+        row = session.execute(_PICK_AND_LEASE, params).first()
+        if row is None:
+            return None
+        cursor.after = max(cursor.after, row.id)
+        return _leased_task(row)
+    task_id = _pick_sqlite(session, cursor, params)
     if task_id is None:
         return None
+    session.execute(_TAKE_SLOT, {"tid": task_id})
+    session.execute(
+        _LEASE,
+        {"task_id": task_id, "user_id": user_id, "expires_at": params["expires_at"], "created_at": now},
+    )
     return _leased_task(session.execute(_LEASED, {"tid": task_id, "user_id": user_id}).one())
 
 

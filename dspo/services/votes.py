@@ -21,23 +21,22 @@ from dspo.services.tokens import Principal
 def lease_next(
     session: Session, *, project_id: int, user: Principal, lease_seconds: int, position: int = 0
 ) -> assign.LeasedTask | None:
-    """The task at `position` of the annotator's queue of leases (see assign.next_task); None when
+    """The task at `position` of the annotator's queue of leases (see assign.lease_from); None when
     nothing is left for them, NotFound for a project that does not exist or that they are not a
-    member of (one query, the only statement this adds to assign.next_task). In a project that serves
-    gold tasks (gold_rate above 0), an annotator paused by their gold accuracy gets Forbidden with the
-    reason (dspo.services.gold), and some of the new leases are gold tasks."""
-    gold_rate, gold_threshold = members.check_project(session, user, project_id)
-    if gold_rate > 0 and gold_threshold is not None:  # no pause without a threshold
-        gold.require_not_paused(session, get_project(session, project_id), user.id)
-    task = assign.next_task(
+    member of (checked by assign.read_queue's statement: no statement of its own). In a project that
+    serves gold tasks (gold_rate above 0), an annotator paused by their gold accuracy gets Forbidden
+    with the reason (dspo.services.gold), and some of the new leases are gold tasks."""
+    queue = assign.read_queue(
         session,
         project_id=project_id,
         user_id=user.id,
         now=utcnow(),
-        lease_seconds=lease_seconds,
         position=position,
-        gold_rate=gold_rate,
+        member_id=None if members.sees_every_project(user) else user.id,
     )
+    if queue.gold_rate > 0 and queue.gold_threshold is not None:  # no pause without a threshold
+        gold.require_not_paused(session, get_project(session, project_id), user.id)
+    task = assign.lease_from(session, queue, lease_seconds=lease_seconds)
     session.commit()
     if task is not None:
         TASKS_LEASED.inc()
