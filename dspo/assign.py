@@ -271,6 +271,13 @@ _UNTOUCHED = ~exists().where(
 ) & ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id"))
 _FREE = tasks.c.slots_taken < tasks.c.required_votes
 _AFTER = bindparam("after", type_=Integer)
+# When a scan passed open tasks the annotator cannot take now (full while others hold their slots, or
+# locked) and read at most this many open tasks before its pick, the cursor stays just below the
+# first of them instead of going past them with a recheck row each, and the next scan reads them
+# again. In a team working in step, the tasks just above a cursor are full only until their leases
+# turn into answers: a recheck row for each, written and deleted one `next` later, was 1.5 rows per
+# answer in the 8-client loop. Past the limit the scan records them, so that its cost stays bounded.
+RESCAN_LIMIT = 64
 # Recheck rows count at or below the cursor only: above it, the scan sees the task anyway.
 _PICK_RECHECK = (
     select(tasks.c.id)
@@ -326,13 +333,14 @@ _LEASE = insert(leases)
 # PostgreSQL: the whole pick in one statement and one snapshot. The first task the annotator can
 # take among their recheck rows at or below the cursor (`rechecked`), else above the cursor
 # (`scanned`, not run when `rechecked` found one); its row locked, rows locked by others skipped.
-# Then: take the slot, insert the lease; record as recheck rows the open tasks the scan went past
-# that the annotator neither answered nor holds (full, or locked right now); move the cursor to the
-# task scanned, or to the last open task when the scan found none; drop the recheck rows that need
-# no more looking at (as _DROP_RECHECKS); return what _TASK_VIEW returns of the new lease (one round
-# trip less than reading it after). `passed` re-reads the range `scanned` read, bounded by its pick so
-# that the index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in
-# an UPDATE CTE.
+# Then: take the slot and insert the lease. The open tasks the scan went past that the annotator
+# neither answered nor holds (`passed`: full, or locked right now) either hold the cursor just below
+# the first of them (`stay`: at most RESCAN_LIMIT open tasks before the pick) or become recheck rows;
+# otherwise the cursor moves to the task scanned, or to the last open task when the scan found none.
+# Drop the recheck rows that need no more looking at (as _DROP_RECHECKS); return what _TASK_VIEW
+# returns of the new lease (one round trip less than reading it after) and the cursor's new place.
+# `passed` re-reads the range `scanned` read, bounded by its pick so that the index scan stops there.
+# Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in an UPDATE CTE.
 #
 # The votes probe ends in OFFSET 0, which keeps PostgreSQL from turning it into an anti-join: for an
 # annotator with many answers the planner otherwise merges the scan with all their votes in task
@@ -373,16 +381,25 @@ _PICK_AND_LEASE = (
         WHERE project_id = :project_id AND state = 'open' AND id > :after
           AND id < COALESCE((SELECT id FROM scanned), 9223372036854775807) {_UNTOUCHED_SQL}
           AND NOT EXISTS (SELECT 1 FROM rechecked)
+    ), stay AS (
+        SELECT min(id) - 1 AS below FROM passed
+        WHERE (SELECT count(*) FROM (
+                   SELECT 1 FROM tasks
+                   WHERE project_id = :project_id AND state = 'open' AND id > :after
+                     AND id < COALESCE((SELECT id FROM scanned), 9223372036854775807)
+                   LIMIT :rescan_limit + 1) AS read) <= :rescan_limit
     ), recorded AS (
         INSERT INTO assign_rechecks (project_id, user_id, task_id)
-        SELECT :project_id, :user_id, id FROM passed
+        SELECT :project_id, :user_id, id FROM passed WHERE (SELECT below FROM stay) IS NULL
     ), advanced AS (
         UPDATE assign_cursors SET last_task_id = GREATEST(last_task_id, COALESCE(
+            (SELECT below FROM stay),
             (SELECT id FROM scanned),
             (SELECT :after FROM rechecked),
             (SELECT max(id) FROM tasks WHERE project_id = :project_id AND state = 'open'),
             :after))
         WHERE project_id = :project_id AND user_id = :user_id
+        RETURNING last_task_id
     ), dropped AS (
         DELETE FROM assign_rechecks
         WHERE project_id = :project_id AND user_id = :user_id
@@ -395,7 +412,8 @@ _PICK_AND_LEASE = (
            instances.x0, instances.y0, instances.x1, instances.y1,
            (SELECT string_agg(CAST(candidates.id AS VARCHAR), ',') FROM candidates
             WHERE candidates.source_id = tasks.source_id
-              AND coalesce(candidates.evaluation_id, 0) = coalesce(tasks.evaluation_id, 0)) AS candidate_ids
+              AND coalesce(candidates.evaluation_id, 0) = coalesce(tasks.evaluation_id, 0)) AS candidate_ids,
+           (SELECT last_task_id FROM advanced) AS cursor_after
     FROM leased
     JOIN tasks ON tasks.id = leased.task_id
     JOIN projects ON projects.id = tasks.project_id
@@ -407,6 +425,7 @@ _PICK_AND_LEASE = (
         bindparam("expires_at", type_=leases.c.expires_at.type),
         bindparam("now", type_=leases.c.created_at.type),
         bindparam("after", type_=BigInteger),
+        bindparam("rescan_limit", type_=Integer),
     )
     .columns(expires_at=leases.c.expires_at.type)
 )
@@ -710,12 +729,13 @@ def _lease_new(
         "expires_at": now + timedelta(seconds=seconds),
         "now": now,
         "after": cursor.after,
+        "rescan_limit": RESCAN_LIMIT,
     }
     if _postgres(session):
         row = session.execute(_PICK_AND_LEASE, params).first()
         if row is None:
             return None
-        cursor.after = max(cursor.after, row.id)
+        cursor.after = row.cursor_after
         return _leased_task(row)
     task_id = _pick_sqlite(session, cursor, params)
     if task_id is None:
@@ -729,26 +749,30 @@ def _lease_new(
 
 
 def _pick_sqlite(session: Session, cursor: _Cursor, params: dict[str, Any]) -> int | None:
-    """What _PICK_AND_LEASE picks, and the same recheck rows and cursor move, in separate steps."""
+    """What _PICK_AND_LEASE picks, and the same recheck rows (or `stay`) and cursor move, in separate
+    steps."""
     if cursor.has_rechecks:
         task_id = session.scalar(_PICK_RECHECK, params)
         session.execute(_DROP_RECHECKS, {**params, "picked": task_id or 0})
         cursor.has_rechecks = task_id is not None  # what is left is full for now
         if task_id is not None:
             return task_id
-    task_id, passed, last = None, [], cursor.after
+    task_id, passed, last, read = None, [], cursor.after, 0
     result = session.execute(_SCAN, params)
     for row in result:  # SQLite computes rows as they are fetched: this stops at the pick
         last = row.id
         if row.eligible:
             task_id = row.id
             break
+        read += 1
         if row.untouched:
             passed.append(
                 {"project_id": params["project_id"], "user_id": params["user_id"], "task_id": row.id}
             )
     result.close()
-    if passed:
+    if passed and read <= RESCAN_LIMIT:
+        last = passed[0]["task_id"] - 1
+    elif passed:
         session.execute(_RECHECK, passed)
         cursor.has_rechecks = True
     if last != cursor.after:
