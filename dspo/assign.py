@@ -14,12 +14,13 @@ statements on the tables (no ORM unit of work): a few round trips per request is
 fast. Undo and the lookups after a failed vote, which are rare, load Vote rows through the ORM.
 
 Where `next` starts looking (docs/decisions.md, "Task assignment", has the design and its proof).
-Each annotator has a cursor per project (assign_cursors): the highest task id `next` has looked at
-for them. `next` scans only the open tasks above it, so its cost does not grow with the number of
-open tasks the annotator already answered. What the cursor went past without the annotator holding
-or answering it is kept in assign_rechecks, and `next` looks there first. The invariant, at every
-commit: every open task at or below an annotator's cursor that they have neither answered, skipped
-nor leased has an assign_rechecks row for them. Code outside this module keeps it by calling:
+Each annotator has a cursor per project (assign_cursors): every task id up to it has been looked at
+for them (a scan may stop the cursor below tasks it read: RESCAN_LIMIT). `next` scans only the open
+tasks above it, so its cost does not grow with the number of open tasks the annotator already
+answered. What the cursor went past without the annotator holding or answering it is kept in
+assign_rechecks, and `next` looks there first. The invariant, at every commit: every open task at or
+below an annotator's cursor that they have neither answered, skipped nor leased has an
+assign_rechecks row for them. Code outside this module keeps it by calling:
 
 - `lock_new_task_ids(session, project_id)` before inserting tasks into a project, so that task ids
   become visible in increasing order (a cursor never goes past an id that commits later);
