@@ -631,13 +631,8 @@ def lease_from(session: Session, queue: Queue, *, lease_seconds: int) -> LeasedT
     With the project's gold_rate above 0, each new lease is, with that probability (`gold_turn`), a
     gold task the annotator has neither answered nor holds, when one is left. Gold tasks are never
     open, so the cursor scan and its invariant never see them. A gold_rate of 0 adds no statement."""
-    project_id, user_id, now, position, held = (
-        queue.project_id,
-        queue.user_id,
-        queue.now,
-        queue.position,
-        queue.held,
-    )
+    project_id, user_id, now = queue.project_id, queue.user_id, queue.now
+    position, held = queue.position, queue.held
     if len(held) > position:
         return _leased_task(held[position])
 

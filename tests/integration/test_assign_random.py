@@ -286,9 +286,9 @@ def test_no_task_is_lost_when_annotators_race(
     plain query must have none for them either, and the cursor invariant must hold."""
     import threading
 
-    monkeypatch.setattr(assign, "RESCAN_LIMIT", rescan_limit)
-
     from dspo.db import utcnow
+
+    monkeypatch.setattr(assign, "RESCAN_LIMIT", rescan_limit)
 
     project_id = bulk_load(database_url, 60, required_votes=K)
     create_annotators(database_url, 8)
