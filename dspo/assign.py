@@ -331,22 +331,27 @@ _ADVANCE = (
 _TAKE_SLOT = update(tasks).where(tasks.c.id == bindparam("tid")).values(slots_taken=tasks.c.slots_taken + 1)
 _LEASE = insert(leases)
 
-# PostgreSQL: the whole pick in one statement and one snapshot. The first task the annotator can
-# take among their recheck rows at or below the cursor (`rechecked`), else above the cursor
-# (`scanned`, not run when `rechecked` found one); its row locked, rows locked by others skipped.
-# Then: take the slot and insert the lease. The open tasks the scan went past that the annotator
-# neither answered nor holds (`passed`: full, or locked right now) either hold the cursor just below
-# the first of them (`stay`: at most RESCAN_LIMIT open tasks before the pick) or become recheck rows;
-# otherwise the cursor moves to the task scanned, or to the last open task when the scan found none.
-# Drop the recheck rows that need no more looking at (as _DROP_RECHECKS); return the task leased and
-# the cursor's new place. `passed` re-reads the range `scanned` read, bounded by its pick so that the
-# index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in an UPDATE
-# CTE.
+_ID_MAX = 2**63 - 1  # above every task id (BIGINT)
+
+# PostgreSQL: the pick in one statement and one snapshot. The first task the annotator can take among
+# their recheck rows at or below the cursor (`rechecked`), else above the cursor (`scanned`, not run
+# when `rechecked` found one); its row locked, rows locked by others skipped. Then: take the slot and
+# insert the lease. The open tasks the scan read before its pick (full, locked right now, or the
+# caller's own) are counted up to RESCAN_LIMIT + 1 (`read`): at most RESCAN_LIMIT of them hold the
+# cursor just below the first (`stay`); none, and the cursor moves to the task scanned. More: the
+# statement says so (`overflow`) and _RECORD_PASSED writes their recheck rows. Drop the recheck rows
+# that need no more looking at (as _DROP_RECHECKS); return the task leased (NULL if none), the
+# cursor's new place and `overflow`. `read` re-reads the range `scanned` read, bounded by its pick so
+# that the index scan stops there. Plain SQL: SQLAlchemy 2.1.9 loses a bound value of a CTE nested in
+# an UPDATE CTE.
 #
-# The task's view is read by its own statement (_LEASED) rather than joined here: PostgreSQL may plan
-# this statement again on every call (when it finds the generic plan's estimate worse than its custom
-# plans'), and with the view joined in it did, 1.9 ms of planning per `next` in an 8-annotator loop
-# against 0.4 on average without, far more than the round trip saved.
+# PostgreSQL plans this statement again on a call when it finds its generic plan's estimated cost
+# worse than the average of its custom plans', and planning it costs more than running it. So nothing
+# in it has an estimate that moves with the votes table: when recording the passed tasks was part of
+# it, their votes probes (5,000 rows estimated for an unbounded id range) made its cost jump from
+# about 7,000 to 42,000 once the votes table had rows, and the custom plans averaged over an emptier
+# table won for thousands of calls: 0.5 to 1.3 ms of planning per `next` in an 8-annotator loop. For
+# the same reason the task's view is read by its own statement (_LEASED) rather than joined here.
 #
 # The votes probe ends in OFFSET 0, which keeps PostgreSQL from turning it into an anti-join: for an
 # annotator with many answers the planner otherwise merges the scan with all their votes in task
@@ -381,28 +386,17 @@ _PICK_AND_LEASE = text(
         INSERT INTO leases (task_id, user_id, expires_at, created_at)
         SELECT id, :user_id, :expires_at, :now FROM taken
         RETURNING task_id
-    ), passed AS (
+    ), read AS (
         SELECT id FROM tasks
         WHERE project_id = :project_id AND state = 'open' AND id > :after
-          AND id < COALESCE((SELECT id FROM scanned), 9223372036854775807) {_UNTOUCHED_SQL}
+          AND id < COALESCE((SELECT id FROM scanned), {_ID_MAX})
           AND NOT EXISTS (SELECT 1 FROM rechecked)
+        ORDER BY id LIMIT :rescan_limit + 1
     ), stay AS (
-        SELECT min(id) - 1 AS below FROM passed
-        WHERE (SELECT count(*) FROM (
-                   SELECT 1 FROM tasks
-                   WHERE project_id = :project_id AND state = 'open' AND id > :after
-                     AND id < COALESCE((SELECT id FROM scanned), 9223372036854775807)
-                   LIMIT :rescan_limit + 1) AS read) <= :rescan_limit
-    ), recorded AS (
-        INSERT INTO assign_rechecks (project_id, user_id, task_id)
-        SELECT :project_id, :user_id, id FROM passed WHERE (SELECT below FROM stay) IS NULL
+        SELECT min(id) - 1 AS below FROM read HAVING count(*) <= :rescan_limit
     ), advanced AS (
         UPDATE assign_cursors SET last_task_id = GREATEST(last_task_id, COALESCE(
-            (SELECT below FROM stay),
-            (SELECT id FROM scanned),
-            (SELECT :after FROM rechecked),
-            (SELECT max(id) FROM tasks WHERE project_id = :project_id AND state = 'open'),
-            :after))
+            (SELECT below FROM stay), (SELECT id FROM scanned), :after))
         WHERE project_id = :project_id AND user_id = :user_id
         RETURNING last_task_id
     ), dropped AS (
@@ -412,7 +406,9 @@ _PICK_AND_LEASE = text(
                OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = assign_rechecks.task_id
                               AND tasks.project_id = :project_id AND tasks.state = 'open' {_UNTOUCHED_SQL}))
     )
-    SELECT task_id, (SELECT last_task_id FROM advanced) AS cursor_after FROM leased
+    SELECT (SELECT task_id FROM leased) AS task_id,
+           (SELECT last_task_id FROM advanced) AS cursor_after,
+           (SELECT count(*) FROM read) > :rescan_limit AS overflow
     """
 ).bindparams(
     bindparam("expires_at", type_=leases.c.expires_at.type),
@@ -420,6 +416,23 @@ _PICK_AND_LEASE = text(
     bindparam("after", type_=BigInteger),
     bindparam("rescan_limit", type_=Integer),
 )
+# After a pick whose scan read more than RESCAN_LIMIT open tasks: a recheck row for each one the caller
+# neither answered nor holds, below `before` (the task leased; no bound when none was), and the cursor
+# moved past them, to the last open task when none was leased. A later snapshot than the pick's: what
+# changed in between is covered (docs/decisions.md, "Races").
+_RECORD_PASSED = text(
+    f"""
+    WITH recorded AS (
+        INSERT INTO assign_rechecks (project_id, user_id, task_id)
+        SELECT :project_id, :user_id, id FROM tasks
+        WHERE project_id = :project_id AND state = 'open' AND id > :after AND id < :before {_UNTOUCHED_SQL}
+    )
+    UPDATE assign_cursors SET last_task_id = GREATEST(last_task_id, (
+        SELECT max(id) FROM tasks WHERE project_id = :project_id AND state = 'open' AND id < :before))
+    WHERE project_id = :project_id AND user_id = :user_id
+    RETURNING last_task_id
+    """
+).bindparams(bindparam("after", type_=BigInteger), bindparam("before", type_=BigInteger))
 _TASK_FOR_VOTE = (
     select(
         tasks.c.project_id,
@@ -718,10 +731,12 @@ def _lease_new(
         "rescan_limit": RESCAN_LIMIT,
     }
     if _postgres(session):
-        row = session.execute(_PICK_AND_LEASE, params).first()
-        if row is None:
+        task_id, cursor.after, overflow = session.execute(_PICK_AND_LEASE, params).one()
+        if overflow:
+            before = _ID_MAX if task_id is None else task_id
+            cursor.after = session.scalar(_RECORD_PASSED, {**params, "before": before})
+        if task_id is None:
             return None
-        task_id, cursor.after = row
     else:
         task_id = _pick_sqlite(session, cursor, params)
         if task_id is None:
@@ -735,15 +750,14 @@ def _lease_new(
 
 
 def _pick_sqlite(session: Session, cursor: _Cursor, params: dict[str, Any]) -> int | None:
-    """What _PICK_AND_LEASE picks, and the same recheck rows (or `stay`) and cursor move, in separate
-    steps."""
+    """What _PICK_AND_LEASE and _RECORD_PASSED pick, record and move the cursor to, in separate steps."""
     if cursor.has_rechecks:
         task_id = session.scalar(_PICK_RECHECK, params)
         session.execute(_DROP_RECHECKS, {**params, "picked": task_id or 0})
         cursor.has_rechecks = task_id is not None  # what is left is full for now
         if task_id is not None:
             return task_id
-    task_id, passed, last, read = None, [], cursor.after, 0
+    task_id, passed, last, first_read, read = None, [], cursor.after, 0, 0
     result = session.execute(_SCAN, params)
     for row in result:  # SQLite computes rows as they are fetched: this stops at the pick
         last = row.id
@@ -751,13 +765,14 @@ def _pick_sqlite(session: Session, cursor: _Cursor, params: dict[str, Any]) -> i
             task_id = row.id
             break
         read += 1
+        first_read = first_read or row.id
         if row.untouched:
             passed.append(
                 {"project_id": params["project_id"], "user_id": params["user_id"], "task_id": row.id}
             )
     result.close()
-    if passed and read <= RESCAN_LIMIT:
-        last = passed[0]["task_id"] - 1
+    if 0 < read <= RESCAN_LIMIT:
+        last = first_read - 1
     elif passed:
         session.execute(_RECHECK, passed)
         cursor.has_rechecks = True
