@@ -272,12 +272,13 @@ _UNTOUCHED = ~exists().where(
 ) & ~exists().where(leases.c.task_id == tasks.c.id, leases.c.user_id == bindparam("user_id"))
 _FREE = tasks.c.slots_taken < tasks.c.required_votes
 _AFTER = bindparam("after", type_=Integer)
-# When a scan passed open tasks the annotator cannot take now (full while others hold their slots, or
-# locked) and read at most this many open tasks before its pick, the cursor stays just below the
-# first of them instead of going past them with a recheck row each, and the next scan reads them
-# again. In a team working in step, the tasks just above a cursor are full only until their leases
-# turn into answers: a recheck row for each, written and deleted one `next` later, was 1.5 rows per
-# answer in the 8-client loop. Past the limit the scan records them, so that its cost stays bounded.
+# When a scan read at most this many open tasks before its pick (full while others hold their slots,
+# locked, or answered by the annotator already), the cursor stays just below the first of them instead
+# of going past them with a recheck row for each one the annotator has not answered, and the next scan
+# reads them again. In a team working in step, the tasks just above a cursor are full only until their
+# leases turn into answers: a recheck row for each, written and deleted one `next` later, was 1.5 rows
+# per answer in the 8-client loop. Past the limit the scan records them, so that its cost stays
+# bounded.
 RESCAN_LIMIT = 64
 # Recheck rows count at or below the cursor only: above it, the scan sees the task anyway.
 _PICK_RECHECK = (
