@@ -225,6 +225,15 @@ _QUEUE = (
     .order_by(_HELD.c.lease_id)
     .limit(bindparam("limit", type_=Integer))
 )
+# SQLite: the same, with the annotator's cursor (NULL when they have none) and whether they have
+# recheck rows. The write transaction holds the database from its first statement, so the cursor read
+# here is the one `next` moves; on PostgreSQL `next` reads it under a row lock, later (_START_POSTGRES).
+_QUEUE_SQLITE = _QUEUE.add_columns(
+    cursors.c.last_task_id,
+    exists()
+    .where(rechecks.c.project_id == projects.c.id, rechecks.c.user_id == bindparam("user_id"))
+    .label("has_rechecks"),
+).outerjoin(cursors, (cursors.c.project_id == projects.c.id) & (cursors.c.user_id == bindparam("user_id")))
 _LEASED = _TASK_VIEW.where(leases.c.task_id == bindparam("tid"), leases.c.user_id == bindparam("user_id"))
 
 # `next`'s first statement after _HELD, on PostgreSQL: lock the annotator's cursor (so that their
@@ -556,40 +565,11 @@ class _Cursor:
     has_rechecks: bool = True
 
 
-def _start(session: Session, *, project_id: int, user_id: int, now: datetime) -> _Cursor | None:
-    """Lock (or create) the annotator's cursor and reclaim expired leases; None if the project does
-    not exist."""
-    params = {"project_id": project_id, "user_id": user_id, "now": now}
-    if _postgres(session):
-        rows = session.execute(_START_POSTGRES, params).all()
-        reclaimed = [(r.task_id, r.user_id) for r in rows if r.task_id is not None]
-        if reclaimed:
-            _free_reclaimed(session, reclaimed)
-        if rows[0].last_task_id is not None:
-            return _Cursor(rows[0].last_task_id)
-    else:
-        reclaim_expired_leases(session, now)
-        found = session.execute(_CURSOR, params).first()
-        if found is not None:
-            return _Cursor(found.last_task_id, found.has_rechecks)
-
-    if session.execute(_PROJECT_FOR_NEW_CURSOR, params).first() is None:
-        return None
-    dialect_insert = pg_insert if _postgres(session) else sqlite_insert
-    session.execute(
-        dialect_insert(cursors)
-        .values(project_id=project_id, user_id=user_id, last_task_id=0)
-        .on_conflict_do_nothing(index_elements=["project_id", "user_id"])
-    )
-    # Another `next` of the same annotator may have created it first and moved it on.
-    row = session.execute(_CURSOR_LOCKED, params).one()
-    return _Cursor(row.last_task_id, row.has_rechecks)
-
-
 @dataclass(frozen=True)
 class Queue:
     """What `next` reads first (`read_queue`): the project's gold settings and the annotator's live
-    leases in it, oldest first, up to the position asked for."""
+    leases in it, oldest first, up to the position asked for; on SQLite also their cursor (None when
+    they have none yet, and always on PostgreSQL, where `next` reads it under a lock)."""
 
     project_id: int
     user_id: int
@@ -598,6 +578,38 @@ class Queue:
     gold_rate: float
     gold_threshold: float | None
     held: list[Row[Any]]
+    cursor: _Cursor | None
+
+
+def _start(session: Session, queue: Queue) -> _Cursor | None:
+    """Lock (or create) the annotator's cursor and reclaim expired leases; None if the project does
+    not exist."""
+    params = {"project_id": queue.project_id, "user_id": queue.user_id, "now": queue.now}
+    if _postgres(session):
+        rows = session.execute(_START_POSTGRES, params).all()
+        reclaimed = [(r.task_id, r.user_id) for r in rows if r.task_id is not None]
+        if reclaimed:
+            _free_reclaimed(session, reclaimed)
+        if rows[0].last_task_id is not None:
+            return _Cursor(rows[0].last_task_id)
+    else:
+        reclaimed_any = reclaim_expired_leases(session, queue.now) > 0
+        if queue.cursor is not None:
+            # A reclaimed lease may have been the caller's, which gives them a recheck row.
+            queue.cursor.has_rechecks |= reclaimed_any
+            return queue.cursor
+
+    if session.execute(_PROJECT_FOR_NEW_CURSOR, params).first() is None:
+        return None
+    dialect_insert = pg_insert if _postgres(session) else sqlite_insert
+    session.execute(
+        dialect_insert(cursors)
+        .values(project_id=queue.project_id, user_id=queue.user_id, last_task_id=0)
+        .on_conflict_do_nothing(index_elements=["project_id", "user_id"])
+    )
+    # Another `next` of the same annotator may have created it first and moved it on.
+    row = session.execute(_CURSOR_LOCKED, params).one()
+    return _Cursor(row.last_task_id, row.has_rechecks)
 
 
 def read_queue(
@@ -618,12 +630,17 @@ def read_queue(
         "limit": position + 1,
         "member_id": member_id,
     }
-    rows = session.execute(_QUEUE, params).all()
+    postgres = _postgres(session)
+    rows = session.execute(_QUEUE if postgres else _QUEUE_SQLITE, params).all()
     if not rows or (member_id is not None and not rows[0].is_member):
         suffix = "" if member_id is None else ", or you are not one of its members: ask an admin to add you"
         raise NotFound(f"project {project_id} does not exist{suffix}")
+    first = rows[0]
     held = [row for row in rows if row.id is not None]
-    return Queue(project_id, user_id, now, position, rows[0].gold_rate, rows[0].gold_threshold, held)
+    cursor = None
+    if not postgres and first.last_task_id is not None:
+        cursor = _Cursor(first.last_task_id, first.has_rechecks)
+    return Queue(project_id, user_id, now, position, first.gold_rate, first.gold_threshold, held, cursor)
 
 
 def next_task(
@@ -650,7 +667,7 @@ def lease_from(session: Session, queue: Queue, *, lease_seconds: int) -> LeasedT
     if len(held) > position:
         return _leased_task(held[position])
 
-    cursor = _start(session, project_id=project_id, user_id=user_id, now=now)
+    cursor = _start(session, queue)
     if cursor is None:
         return None
     gold_rate = queue.gold_rate
