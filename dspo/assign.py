@@ -256,13 +256,17 @@ _START_POSTGRES = text(
     FROM (SELECT 1) AS one LEFT JOIN cursor ON true LEFT JOIN gone ON true
     """
 ).bindparams(bindparam("now", type_=leases.c.expires_at.type))
-_CURSOR = select(
-    cursors.c.last_task_id,
-    exists()
-    .where(rechecks.c.project_id == bindparam("project_id"), rechecks.c.user_id == bindparam("user_id"))
-    .label("has_rechecks"),
-).where(cursors.c.project_id == bindparam("project_id"), cursors.c.user_id == bindparam("user_id"))
-_CURSOR_LOCKED = _CURSOR.with_for_update(of=cursors)
+# A cursor just created (or found created by a concurrent `next`), locked.
+_CURSOR_LOCKED = (
+    select(
+        cursors.c.last_task_id,
+        exists()
+        .where(rechecks.c.project_id == bindparam("project_id"), rechecks.c.user_id == bindparam("user_id"))
+        .label("has_rechecks"),
+    )
+    .where(cursors.c.project_id == bindparam("project_id"), cursors.c.user_id == bindparam("user_id"))
+    .with_for_update(of=cursors)
+)
 # Creating a cursor waits for anyone reopening tasks of the project (mark_reopened) and makes them
 # wait: they must see every cursor that may go past the tasks they reopen.
 _PROJECT_FOR_NEW_CURSOR = (
