@@ -772,16 +772,14 @@ def _lease_new(
 
 
 def _pick_sqlite(session: Session, cursor: _Cursor, params: dict[str, Any]) -> int | None:
-    """What _PICK_AND_LEASE and _RECORD_PASSED pick and record, in separate steps. The cursor holds
-    below the first task read that the annotator has not answered (PostgreSQL's: below the first task
-    read), so all the open tasks between it and its old place are the annotator's."""
+    """What _PICK_AND_LEASE and _RECORD_PASSED pick, record and move the cursor to, in separate steps."""
     if cursor.has_rechecks:
         task_id = session.scalar(_PICK_RECHECK, params)
         session.execute(_DROP_RECHECKS, {**params, "picked": task_id or 0})
         cursor.has_rechecks = task_id is not None  # what is left is full for now
         if task_id is not None:
             return task_id
-    task_id, passed, last, read = None, [], cursor.after, 0
+    task_id, passed, last, first_read, read = None, [], cursor.after, 0, 0
     result = session.execute(_SCAN, params)
     for row in result:  # SQLite computes rows as they are fetched: this stops at the pick
         last = row.id
@@ -789,15 +787,14 @@ def _pick_sqlite(session: Session, cursor: _Cursor, params: dict[str, Any]) -> i
             task_id = row.id
             break
         read += 1
+        first_read = first_read or row.id
         if row.untouched:
             passed.append(
                 {"project_id": params["project_id"], "user_id": params["user_id"], "task_id": row.id}
             )
     result.close()
-    # Unlike PostgreSQL's, this hold skips the annotator's own answers: here each row read costs a
-    # round through Python, and an annotator far ahead would re-read up to RESCAN_LIMIT of them.
-    if passed and read <= RESCAN_LIMIT:
-        last = passed[0]["task_id"] - 1
+    if 0 < read <= RESCAN_LIMIT:
+        last = first_read - 1
     elif passed:
         session.execute(_RECHECK, passed)
         cursor.has_rechecks = True
