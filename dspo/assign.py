@@ -597,11 +597,10 @@ def _start(session: Session, queue: Queue) -> _Cursor | None:
         if rows[0].last_task_id is not None:
             return _Cursor(rows[0].last_task_id)
     else:
-        reclaimed_any = reclaim_expired_leases(session, queue.now) > 0
+        reclaimed = reclaim_expired_leases(session, queue.now)
         if queue.cursor is not None:
             # A reclaimed lease may have been the caller's, which gives them a recheck row.
-            queue.cursor.has_rechecks |= reclaimed_any
-            return queue.cursor
+            return _Cursor(queue.cursor.after, queue.cursor.has_rechecks or reclaimed > 0)
 
     if session.execute(_PROJECT_FOR_NEW_CURSOR, params).first() is None:
         return None
