@@ -19,7 +19,10 @@ One run, top to bottom:
    has no route that trains a given dataset with a given loss (scheduled retraining trains with the
    project's settings), so the trainer's CLI (`dspo train`) runs on the downloaded dataset, as a user
    would run it (in this process); each LoRA is then registered as a model version through the REST
-   API.
+   API. **The ceiling** (`--ceiling`, on by default): DSPO once more, on the same records with each
+   source's HQ image as every winner, i.e. a round whose every answer names the original: how far this
+   training budget can move the model at all, so that a small win rate can be told apart from a budget
+   that no round of preferences could show (docs/benchmarks.md, issue 11).
 4. **Evaluate** on the held-out sources: each trained model against the base, and DSPO against DPO,
    blind and pairwise, answered by simulated annotators with the same profiles (`evaluate_pair`).
 5. **Report**: one table (win rate of B over A with ties apart and as halves, Wilson 95% intervals, the
@@ -53,6 +56,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/loop.py` from the root
 
+from dspo.dataset_format import DatasetWriter, image_path, read_manifest, read_records  # noqa: E402
 from dspo.evaluation_stats import EvalAnswer, EvaluationSummary, summarise  # noqa: E402
 from dspo.images import degrade  # noqa: E402
 from dspo.oracles import Oracle, OracleQuery, judge, load_oracle  # noqa: E402
@@ -545,7 +549,29 @@ def stage_dataset(loop: Loop, out: Path) -> tuple[int, Path, dict]:
     return dataset["id"], roots[0], dataset["counts"] or {}
 
 
-def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path) -> Contender:
+def stage_ceiling_dataset(loop: Loop, dataset: Path, out: Path) -> Path:
+    """The round's records with the source's HQ image (read over REST, as an admin may) as every
+    winner; losers, masks, boxes and weights unchanged. Written with the dataset format's writer, so
+    the trainer reads it as any dataset."""
+    writer = DatasetWriter(out / "dataset-ceiling")
+    originals: dict[str, str] = {}
+    for record in read_records(dataset):
+        for sha in (record.lq, record.loser, record.mask):
+            writer.add_image(image_path(dataset, sha).read_bytes())
+        if record.source_id not in originals:
+            width, height = Image.open(image_path(dataset, record.winner)).size
+            hq = loop.client.png(f"/images/sources/{record.source_id}/hq")[:height, :width]
+            originals[record.source_id] = writer.add_image(png_bytes(Image.fromarray(hq)))
+        writer.add_record(
+            dataclasses.replace(record, winner=originals[record.source_id], winner_candidate_id="")
+        )
+    manifest = read_manifest(dataset)
+    return writer.finish({"dataset_id": f"{manifest['dataset_id']}-ceiling", "version": manifest["version"]})
+
+
+def stage_train(
+    loop: Loop, dataset_id: int | None, dataset: Path, loss: str, out: Path, name: str | None = None
+) -> Contender:
     """`dspo train` (the trainer's CLI, run in this process: a new interpreter would spend a minute of
     a loaded CPU importing torch again), then the LoRA registered as a model version over REST."""
     import pyarrow.parquet as pq
@@ -553,7 +579,8 @@ def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path
     from dspo.cli import main as dspo_cli
 
     s = loop.sizes
-    run = out / f"train-{loss}"
+    name = name or loss
+    run = out / f"train-{name}"
     # Image-level DPO and SFT read the image-level records (one per source at most): a small round may
     # not fill a batch with them, and the trainer refuses a batch it cannot fill.
     instance_ids = pq.read_table(dataset / "records.parquet", columns=["instance_id"])["instance_id"]
@@ -564,7 +591,7 @@ def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path
     argv += ["--max-steps", str(s.train_steps), "--batch-size", str(batch)]
     argv += ["--resolution", str(s.resolution), "--learning-rate", str(s.learning_rate)]
     argv += ["--lora-rank", str(s.lora_rank), "--beta", str(s.beta), "--seed", str(loop.args.seed)]
-    log = out / f"train-{loss}.log"
+    log = out / f"train-{name}.log"
     with open(log, "w") as stream, redirect_stdout(stream), redirect_stderr(stream):
         code = dspo_cli(argv)
     if code != 0:
@@ -573,7 +600,7 @@ def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path
     version = loop.client.post(
         f"/projects/{loop.project_id}/model-versions",
         json={
-            "name": f"round1-{loss}",
+            "name": f"round1-{name}",
             "dataset_id": dataset_id,
             "backbone": "upscaler",
             "base_model": str(loop.base),
@@ -581,7 +608,7 @@ def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
         },
     )
-    return Contender(loss.upper(), version["id"], str(run))
+    return Contender(name.upper(), version["id"], str(run))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -668,6 +695,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     parser.add_argument("--tie-threshold", type=float, default=0.1)
     parser.add_argument("--skip-rate", type=float, default=0.0)
     parser.add_argument("--spread", type=float, default=0.5, help="how much annotators differ")
+    parser.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train DSPO with the HQ image as every winner (the budget's ceiling) and evaluate it",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads",
@@ -723,9 +756,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for loss in ("dspo", "dpo", "sft"):
             with watch(f"train {loss}"):
                 trained[loss] = stage_train(loop, dataset_id, dataset, loss, out)
+        if args.ceiling:
+            with watch("train dspo on HQ winners (the ceiling)"):
+                ceiling = stage_ceiling_dataset(loop, dataset, out)
+                trained["ceiling"] = stage_train(loop, None, ceiling, "dspo", out, name="dspo-hq")
         loop.load_held_out()
         base_model = Contender("base")
         pairs = [(base_model, trained["dspo"]), (base_model, trained["dpo"]), (base_model, trained["sft"])]
+        if args.ceiling:
+            pairs.append((base_model, trained["ceiling"]))
         pairs.append((trained["dpo"], trained["dspo"]))
         comparisons = []
         for a, b in pairs:

@@ -1,7 +1,7 @@
 """The loop benchmark end to end at its tiny size (minutes; no quality claim): pretraining, round 1
 through a real server over HTTP (uploads, the jobs, simulated votes, a dataset downloaded over REST),
-DSPO, DPO and SFT trained by the trainer's CLI and registered as model versions, the four evaluations,
-the table, the JSON and the plot."""
+DSPO, DPO and SFT trained by the trainer's CLI and registered as model versions, the ceiling (DSPO on
+the same records with the HQ images as winners), the five evaluations, the table, the JSON and the plot."""
 
 import json
 from pathlib import Path
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import loop
+from dspo.dataset_format import read_records
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -17,7 +18,7 @@ def test_the_tiny_loop_runs_end_to_end(tmp_path: Path) -> None:
     result = loop.main(["--size", "tiny", "--seed", "3", "--out", str(tmp_path)])
 
     pairs = [(c["b"], c["a"]) for c in result["comparisons"]]
-    assert pairs == [("DSPO", "base"), ("DPO", "base"), ("SFT", "base"), ("DSPO", "DPO")]
+    assert pairs == [("DSPO", "base"), ("DPO", "base"), ("SFT", "base"), ("DSPO-HQ", "base"), ("DSPO", "DPO")]
     sizes = loop.SIZES["tiny"]
     for comparison in result["comparisons"]:
         overall = comparison["summary"]["overall"]
@@ -35,6 +36,16 @@ def test_the_tiny_loop_runs_end_to_end(tmp_path: Path) -> None:
     assert "| DSPO vs DPO |" in table and "| total |" in table
     assert json.loads((tmp_path / "loop.json").read_text())["seed"] == 3
     assert (tmp_path / "loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The ceiling trained on the round's records, each winner replaced by its source's HQ image.
+    ceiling, round_1 = (
+        read_records(next(tmp_path.glob(p)).parent)
+        for p in ("dataset-ceiling/manifest.json", "dataset-*/*/manifest.json")
+    )
+    assert [(r.record_id, r.loser, r.mask) for r in ceiling] == [
+        (r.record_id, r.loser, r.mask) for r in round_1
+    ]
+    assert {r.winner for r in ceiling}.isdisjoint({r.winner for r in round_1})
+    assert len({r.winner for r in ceiling}) == len({r.source_id for r in round_1})
     # The base model is a diffusers folder its pipeline loads, with the pretraining's record.
     assert (tmp_path / "base" / "model_index.json").is_file()
     assert json.loads((tmp_path / "base" / "pretrain.json").read_text())["config"]["seed"] == 3
