@@ -40,6 +40,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -553,13 +554,16 @@ def stage_ceiling_dataset(loop: Loop, dataset: Path, out: Path) -> Path:
     """The round's records with the source's HQ image (read over REST, as an admin may) as every
     winner; losers, masks, boxes and weights unchanged. Written with the dataset format's writer, so
     the trainer reads it as any dataset."""
-    writer = DatasetWriter(out / "dataset-ceiling")
+    folder = out / "dataset-ceiling"
+    shutil.rmtree(folder, ignore_errors=True)  # a previous run's, in the same --out
+    writer = DatasetWriter(folder)
     originals: dict[str, str] = {}
     for record in read_records(dataset):
         for sha in (record.lq, record.loser, record.mask):
             writer.add_image(image_path(dataset, sha).read_bytes())
         if record.source_id not in originals:
-            width, height = Image.open(image_path(dataset, record.winner)).size
+            with Image.open(image_path(dataset, record.winner)) as winner:
+                width, height = winner.size
             hq = loop.client.png(f"/images/sources/{record.source_id}/hq")[:height, :width]
             originals[record.source_id] = writer.add_image(png_bytes(Image.fromarray(hq)))
         writer.add_record(
