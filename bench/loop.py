@@ -338,9 +338,13 @@ class Loop:
         )
         for source in sorted(sources, key=lambda s: s["id"]):
             lq = self.client.png(f"/images/sources/{source['id']}/lq")
-            hq = self.client.png(f"/images/sources/{source['id']}/hq")  # the upload: crop to the SR size
-            hq = hq[: lq.shape[0] * SCALE, : lq.shape[1] * SCALE]
+            hq = self.original(source["id"], lq.shape[1] * SCALE, lq.shape[0] * SCALE)
             self.held_out.append(HeldOut(source["id"], lq, hq))
+
+    def original(self, source_id: int | str, width: int, height: int) -> np.ndarray:
+        """A source's HQ upload (admins may read it), cropped to the SR size: the LQ image's times the
+        scale, which is smaller when the upload's sides are not multiples of the scale."""
+        return self.client.png(f"/images/sources/{source_id}/hq")[:height, :width]
 
     def outputs(self, who: Contender) -> dict[int, np.ndarray]:
         """One output per held-out source, the same seed and settings for every contender."""
@@ -563,8 +567,8 @@ def stage_ceiling_dataset(loop: Loop, dataset: Path, out: Path) -> Path:
             writer.add_image(image_path(dataset, sha).read_bytes())
         if record.source_id not in originals:
             with Image.open(image_path(dataset, record.winner)) as winner:
-                width, height = winner.size
-            hq = loop.client.png(f"/images/sources/{record.source_id}/hq")[:height, :width]
+                size = winner.size
+            hq = loop.original(record.source_id, *size)
             originals[record.source_id] = writer.add_image(png_bytes(Image.fromarray(hq)))
         writer.add_record(
             dataclasses.replace(record, winner=originals[record.source_id], winner_candidate_id="")

@@ -6,10 +6,12 @@ the same records with the HQ images as winners), the five evaluations, the table
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bench import loop
-from dspo.dataset_format import read_records
+from dspo.dataset_format import image_path, read_records
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -44,8 +46,14 @@ def test_the_tiny_loop_runs_end_to_end(tmp_path: Path) -> None:
     assert [(r.record_id, r.loser, r.mask) for r in ceiling] == [
         (r.record_id, r.loser, r.mask) for r in round_1
     ]
-    assert {r.winner for r in ceiling}.isdisjoint({r.winner for r in round_1})
     assert len({r.winner for r in ceiling}) == len({r.source_id for r in round_1})
+    # Each ceiling winner is the pixels of a round-1 tile (an upload), none a candidate.
+    folder = next(tmp_path.glob("dataset-ceiling/manifest.json")).parent
+    uploads = {np.asarray(img).tobytes() for _, img in loop.tiles(loop.ROUND_PHOTOS, sizes.tile)}
+    for sha in {r.winner for r in ceiling}:
+        with Image.open(image_path(folder, sha)) as winner:
+            assert np.asarray(winner.convert("RGB")).tobytes() in uploads
+    assert {r.winner for r in ceiling}.isdisjoint({r.winner for r in round_1})
     # The base model is a diffusers folder its pipeline loads, with the pretraining's record.
     assert (tmp_path / "base" / "model_index.json").is_file()
     assert json.loads((tmp_path / "base" / "pretrain.json").read_text())["config"]["seed"] == 3
