@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import itertools
 import json
 import os
 import shutil
@@ -53,7 +54,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/loop.py` from the root
 
@@ -152,7 +153,18 @@ SIZES = {
 # Photographs
 
 
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+
+
+def is_file_photo(name: str) -> bool:
+    return name.lower().endswith(PHOTO_SUFFIXES)
+
+
 def photograph(name: str) -> Image.Image:
+    """A photograph of a set: an image file, or one of scikit-image's by name."""
+    if is_file_photo(name):
+        with Image.open(name) as img:
+            return ImageOps.exif_transpose(img).convert("RGB")
     from skimage import data
 
     loader = getattr(data, name, None)
@@ -161,15 +173,49 @@ def photograph(name: str) -> Image.Image:
     return Image.fromarray(loader()).convert("RGB")
 
 
+def photo_set(spec: str) -> tuple[str, ...]:
+    """A --*-photos value: comma-separated scikit-image photograph names, image files, and folders
+    (each stands for every image directly in it, by name)."""
+    from skimage import data
+
+    names: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(str(f.resolve()) for f in path.iterdir() if is_file_photo(f.name))
+            if not found:
+                raise SystemExit(f"{item}: no images in this folder (looked for {', '.join(PHOTO_SUFFIXES)})")
+            names += found
+        elif path.is_file() and is_file_photo(path.name):
+            names.append(str(path.resolve()))
+        elif item and (hasattr(data, item) or (Path(data.__file__).parent / f"{item}.png").is_file()):
+            names.append(item)
+        else:
+            raise SystemExit(
+                f"{item!r} is not an image file ({', '.join(PHOTO_SUFFIXES)}), a folder of them, or a "
+                "photograph of scikit-image (skimage.data)"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def described(photos: tuple[str, ...]) -> str:
+    """A photograph set in a line: its names, or how many from which folders."""
+    if len(photos) <= 4:
+        return ", ".join(Path(p).name for p in photos)
+    folders = sorted({str(Path(p).parent) for p in photos if is_file_photo(p)})
+    return f"{len(photos)} images" + (f" from {', '.join(folders)}" if folders else "")
+
+
 def tiles(names: tuple[str, ...], side: int) -> list[tuple[str, Image.Image]]:
     """Every whole side x side tile of the photographs, named photo-row-col."""
     out = []
     for name in names:
         img = photograph(name)
+        stem = Path(name).stem if is_file_photo(name) else name
         for row in range(img.height // side):
             for col in range(img.width // side):
                 box = (col * side, row * side, (col + 1) * side, (row + 1) * side)
-                out.append((f"{name}-{row}-{col}", img.crop(box)))
+                out.append((f"{stem}-{row}-{col}", img.crop(box)))
     return out
 
 
@@ -179,11 +225,13 @@ def draw(items: list, n: int, rng: np.random.Generator) -> list:
     return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
 
 
-def pretraining_pairs(sizes: Sizes, seed: int) -> list[tuple[Image.Image, Image.Image]]:
+def pretraining_pairs(
+    photos: tuple[str, ...], sizes: Sizes, seed: int
+) -> list[tuple[Image.Image, Image.Image]]:
     """(LQ, HQ) pairs: each pretraining photograph, scaled down, degraded as the service degrades HQ
     uploads, with several degradation seeds."""
     pairs = []
-    for index, name in enumerate(PRETRAIN_PHOTOS):
+    for index, name in enumerate(photos):
         img = photograph(name)
         img.thumbnail((sizes.pretrain_side, sizes.pretrain_side), Image.Resampling.LANCZOS)
         for k in range(sizes.degradations):
@@ -493,7 +541,7 @@ def stage_pretrain(out: Path, sizes: Sizes, args: argparse.Namespace) -> Path:
         seed=args.seed,
         device=args.device,
     )
-    return pretrain(pretraining_pairs(sizes, args.seed), out, cfg)
+    return pretrain(pretraining_pairs(args.pretrain_photos, sizes, args.seed), out, cfg)
 
 
 def stage_project(client: Client, base: Path, sizes: Sizes, args: argparse.Namespace) -> int:
@@ -518,9 +566,13 @@ def stage_project(client: Client, base: Path, sizes: Sizes, args: argparse.Names
             "segmenter": "regions",
         },
     )
-    rng = np.random.default_rng([args.seed, 2])
-    uploads = [(t, False) for t in draw(tiles(ROUND_PHOTOS, sizes.tile), sizes.sources, rng)]
-    uploads += [(t, True) for t in draw(tiles(HELD_OUT_PHOTOS, sizes.tile), sizes.held_out, rng)]
+    # One random stream per set: the held-out draw does not depend on the round's photographs or size.
+    round_tiles = tiles(args.round_photos, sizes.tile)
+    held_out_tiles = tiles(args.held_out_photos, sizes.tile)
+    uploads = [(t, False) for t in draw(round_tiles, sizes.sources, np.random.default_rng([args.seed, 2]))]
+    uploads += [
+        (t, True) for t in draw(held_out_tiles, sizes.held_out, np.random.default_rng([args.seed, 3]))
+    ]
     for (name, img), held_out in uploads:
         client.post(
             f"/projects/{project['id']}/uploads",
@@ -709,6 +761,19 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         default=True,
         help="also train DSPO with the HQ image as every winner (the budget's ceiling) and evaluate it",
     )
+    for name, default, what in (
+        ("pretrain", PRETRAIN_PHOTOS, "pretrain the base on"),
+        ("round", ROUND_PHOTOS, "draw the round-1 sources from"),
+        ("held-out", HELD_OUT_PHOTOS, "draw the held-out sources from"),
+    ):
+        parser.add_argument(
+            f"--{name}-photos",
+            type=photo_set,
+            default=default,
+            metavar="NAMES",
+            help=f"the photographs to {what}: comma-separated scikit-image names, image files and folders "
+            f"(default {','.join(default)})",
+        )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads",
@@ -726,6 +791,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         default = getattr(preset, field.name)
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(default), default=default)
     args = parser.parse_args(argv)
+    sets = {"pretrain": args.pretrain_photos, "round": args.round_photos, "held-out": args.held_out_photos}
+    for (one, a), (other, b) in itertools.combinations(sets.items(), 2):
+        if shared := sorted(set(a) & set(b)):
+            parser.error(f"photographs in both --{one}-photos and --{other}-photos: {', '.join(shared)}")
     sizes = Sizes(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)})
     return args, sizes
 
@@ -786,6 +855,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{sizes.sources} round-1 sources, {len(loop.held_out)} held-out, {sizes.annotators} annotators, "
         f"{counts.get('records', '?')} dataset records, {sizes.train_steps} training steps each"
         + (f", base model reused from {base} (not pretrained in this run)" if args.base else "")
+        + "".join(
+            f", {name} photographs: {described(photos)}"
+            for name, photos, default in (
+                ("pretraining", args.pretrain_photos, PRETRAIN_PHOTOS),
+                ("round-1", args.round_photos, ROUND_PHOTOS),
+                ("held-out", args.held_out_photos, HELD_OUT_PHOTOS),
+            )
+            if photos != default
+        )
         + f". Bicubic upsampling of the held-out LQ images: PSNR {bicubic['psnr']:.2f}, "
         f"SSIM {bicubic['ssim']:.3f}. Evaluation: "
         + (
@@ -808,6 +886,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {"a": c.a.name, "b": c.b.name, "how": c.how, "quality": c.quality, "summary": c.summary}
             for c in comparisons
         ],
+        "photos": {
+            "pretrain": args.pretrain_photos,
+            "round": args.round_photos,
+            "held_out": args.held_out_photos,
+        },
         "bicubic": bicubic,
         "seconds": watch.seconds,
         "plot": str(out / "loop.png") if plotted else None,
