@@ -562,6 +562,7 @@ def stage_project(client: Client, base: Path, sizes: Sizes, args: argparse.Names
                 "steps": [int(s) for s in sizes.steps.split(",")],
                 "prompts": [PROMPT],
                 "device": args.device,
+                "vary_seed": args.vary_seed,
             },
             "segmenter": "regions",
         },
@@ -774,6 +775,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
             help=f"the photographs to {what}: comma-separated scikit-image names, image files and folders "
             f"(default {','.join(default)})",
         )
+    parser.add_argument(
+        "--vary-seed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="round-1 candidates differ by seed as well as by guidance and steps (the default); "
+        "--no-vary-seed: one seed per source, so they differ by their settings only",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads",
@@ -855,6 +863,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{sizes.sources} round-1 sources, {len(loop.held_out)} held-out, {sizes.annotators} annotators, "
         f"{counts.get('records', '?')} dataset records, {sizes.train_steps} training steps each"
         + (f", base model reused from {base} (not pretrained in this run)" if args.base else "")
+        + ("" if args.vary_seed else ", round-1 candidates with one seed per source (--no-vary-seed)")
         + "".join(
             f", {name} photographs: {described(photos)}"
             for name, photos, default in (
@@ -886,6 +895,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {"a": c.a.name, "b": c.b.name, "how": c.how, "quality": c.quality, "summary": c.summary}
             for c in comparisons
         ],
+        "vary_seed": args.vary_seed,
         "photos": {
             "pretrain": args.pretrain_photos,
             "round": args.round_photos,

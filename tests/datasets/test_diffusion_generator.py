@@ -30,6 +30,22 @@ def test_upscaler_candidate_i_does_not_depend_on_n(tmp_path: Path, lq: Image.Ima
         generator.generate(lq, scale=2, n=1, seed=0)
 
 
+def test_candidates_can_share_the_source_seed(tmp_path: Path, lq: Image.Image) -> None:
+    from trainer.tiny import make_tiny_model
+
+    model = str(make_tiny_model(tmp_path / "upscaler", "upscaler"))
+    settings = {"model": model, "guidance": [4.0, 4.0], "steps": [1, 2], "batch_size": 1}
+    shared = get_generator("diffusion", **settings, vary_seed=False).generate(lq, scale=4, n=2, seed=11)
+    varied = get_generator("diffusion", **settings).generate(lq, scale=4, n=2, seed=11)
+    assert [c.seed for c in shared] == [11, 11] and [c.seed for c in varied] == [11, 12]
+    # Candidate 0 is the same either way; candidate 1 differs by its seed only where seeds vary.
+    assert np.array_equal(np.asarray(shared[0].image), np.asarray(varied[0].image))
+    assert not np.array_equal(np.asarray(shared[1].image), np.asarray(varied[1].image))
+    one_setting = get_generator("diffusion", model=model, guidance=[4.0], steps=[1], vary_seed=False)
+    with pytest.raises(ValueError, match="1 distinct combinations"):
+        one_setting.generate(lq, scale=4, n=2, seed=0)
+
+
 def test_onestep_needs_distinct_prompts(tmp_path: Path, lq: Image.Image) -> None:
     from trainer.tiny import make_tiny_model
 

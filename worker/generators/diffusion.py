@@ -2,8 +2,11 @@
 upscaler, or the one-step model), optionally with a registered LoRA (a project's tuned model version).
 
 Candidate i uses seed + i and the i-th entry (cycled) of the project's `guidance`, `steps` and
-`prompts` lists, so candidate i of a seed is the same whatever n is. Candidates that share guidance,
-steps and prompt run as one batch (one generator per image). The one-step backbone is deterministic:
+`prompts` lists, so candidate i of a seed is the same whatever n is. With `vary_seed: false` every
+candidate of a source uses its seed: candidates then differ only by their settings, so what annotators
+compare is the settings, not where each sample's noise happened to land (which a region's vote on a
+few pixels mostly measures). Candidates that share guidance, steps and prompt run as one batch (one
+generator per image). The one-step backbone is deterministic:
 its candidates can differ only by prompt, so it needs n distinct prompts.
 """
 
@@ -67,6 +70,7 @@ class DiffusionGenerator:
         noise_level: int = 20,
         batch_size: int = 4,
         device: str = "cpu",
+        vary_seed: bool = True,
     ) -> None:
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
@@ -79,6 +83,10 @@ class DiffusionGenerator:
         self.model, self.backbone, self.lora = model, backbone, lora
         self.guidance, self.steps, self.prompts = list(guidance), list(steps), list(prompts)
         self.noise_level, self.batch_size, self.device = noise_level, batch_size, device
+        self.vary_seed = vary_seed
+
+    def seed_of(self, index: int, seed: int) -> int:
+        return seed + index if self.vary_seed else seed
 
     def settings_of(self, index: int) -> dict[str, Any]:
         settings: dict[str, Any] = {
@@ -101,6 +109,12 @@ class DiffusionGenerator:
             raise ValueError(f"the upscaler backbone makes x4 images; the project's scale is {scale}")
         if self.backbone == "onestep" and len({self.prompts[i % len(self.prompts)] for i in range(n)}) < n:
             raise ValueError("the one-step backbone is deterministic: give n distinct prompts")
+        settings = {tuple(sorted(self.settings_of(i).items())) for i in range(n)}
+        if not self.vary_seed and len(settings) < n:
+            raise ValueError(
+                f"with vary_seed false the {n} candidates differ only by guidance, steps and prompt, and "
+                f"these lists give {len(settings)} distinct combinations: lengthen them or set vary_seed true"
+            )
         with _ONE_AT_A_TIME:
             return self._generate(lq, scale=scale, n=n, seed=seed)
 
@@ -119,7 +133,9 @@ class DiffusionGenerator:
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start : start + self.batch_size]
                 if self.backbone == "upscaler":
-                    generators = [torch.Generator(pipe.device).manual_seed(seed + i) for i in batch]
+                    generators = [
+                        torch.Generator(pipe.device).manual_seed(self.seed_of(i, seed)) for i in batch
+                    ]
                     out = pipe(
                         prompt=settings["prompt"],
                         image=lq,
@@ -141,7 +157,7 @@ class DiffusionGenerator:
                 generator=self.name,
                 model=self.model,
                 settings=self.settings_of(i),
-                seed=seed + i,
+                seed=self.seed_of(i, seed),
                 weights_digest=digest,
             )
             for i in range(n)
