@@ -44,6 +44,8 @@ def test_candidates_can_share_the_source_seed(tmp_path: Path, lq: Image.Image) -
     one_setting = get_generator("diffusion", model=model, guidance=[4.0], steps=[1], vary_seed=False)
     with pytest.raises(ValueError, match="1 distinct combinations"):
         one_setting.generate(lq, scale=4, n=2, seed=0)
+    with pytest.raises(ValueError, match="vary_seed must be true or false"):
+        get_generator("diffusion", model=model, vary_seed="false")
 
 
 def test_onestep_needs_distinct_prompts(tmp_path: Path, lq: Image.Image) -> None:

@@ -78,6 +78,8 @@ class DiffusionGenerator:
             raise ValueError(f"model {model!r} is not a local diffusers folder")
         if lora is not None and not Path(lora).is_dir():
             raise ValueError(f"lora {lora!r} is not a folder with LoRA weights")
+        if not isinstance(vary_seed, bool):  # JSON settings: "false" would be true
+            raise ValueError(f"vary_seed must be true or false, got {vary_seed!r}")
         if not guidance or not steps or not prompts or batch_size < 1:
             raise ValueError("guidance, steps and prompts need at least one value, batch_size >= 1")
         self.model, self.backbone, self.lora = model, backbone, lora
