@@ -3,11 +3,10 @@ upscaler, or the one-step model), optionally with a registered LoRA (a project's
 
 Candidate i uses seed + i and the i-th entry (cycled) of the project's `guidance`, `steps` and
 `prompts` lists, so candidate i of a seed is the same whatever n is. With `vary_seed: false` every
-candidate of a source uses its seed: candidates then differ only by their settings, so what annotators
-compare is the settings, not where each sample's noise happened to land (which a region's vote on a
-few pixels mostly measures). Candidates that share guidance, steps and prompt run as one batch (one
-generator per image). The one-step backbone is deterministic:
-its candidates can differ only by prompt, so it needs n distinct prompts.
+candidate of a source uses its seed: candidates then differ by their settings alone, not also by where
+each sample's noise lands. Candidates that share guidance, steps and prompt run as one batch (one
+generator per image). The one-step backbone is deterministic: its candidates can differ only by prompt,
+so it needs n distinct prompts.
 """
 
 from __future__ import annotations
