@@ -84,6 +84,12 @@ PRETRAIN_PHOTOS = (
 )
 ROUND_PHOTOS = ("astronaut", "coffee", "text", "cell")
 HELD_OUT_PHOTOS = ("chelsea", "rocket", "coins")
+# The three sets by flag (--pretrain-photos, ...): their defaults and what each is for.
+PHOTO_SETS = {
+    "pretrain": (PRETRAIN_PHOTOS, "pretrain the base on"),
+    "round": (ROUND_PHOTOS, "draw the round-1 sources from"),
+    "held-out": (HELD_OUT_PHOTOS, "draw the held-out sources from"),
+}
 
 
 @dataclasses.dataclass
@@ -160,24 +166,28 @@ def is_file_photo(name: str) -> bool:
     return name.lower().endswith(PHOTO_SUFFIXES)
 
 
+def shipped(name: str) -> Path | None:
+    """A scikit-image photograph without a loader of its own: its file; None for one with a loader."""
+    from skimage import data
+
+    return None if hasattr(data, name) else Path(data.__file__).parent / f"{name}.png"
+
+
 def photograph(name: str) -> Image.Image:
     """A photograph of a set: an image file, or one of scikit-image's by name."""
     if is_file_photo(name):
         with Image.open(name) as img:
             return ImageOps.exif_transpose(img).convert("RGB")
+    if (path := shipped(name)) is not None:
+        return Image.open(path).convert("RGB")
     from skimage import data
 
-    loader = getattr(data, name, None)
-    if loader is None:  # shipped, without a loader of its own
-        return Image.open(Path(data.__file__).parent / f"{name}.png").convert("RGB")
-    return Image.fromarray(loader()).convert("RGB")
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
 
 
 def photo_set(spec: str) -> tuple[str, ...]:
     """A --*-photos value: comma-separated scikit-image photograph names, image files, and folders
     (each stands for every image directly in it, by name)."""
-    from skimage import data
-
     names: list[str] = []
     for item in (part.strip() for part in spec.split(",")):
         path = Path(item).expanduser()
@@ -188,7 +198,7 @@ def photo_set(spec: str) -> tuple[str, ...]:
             names += found
         elif path.is_file() and is_file_photo(path.name):
             names.append(str(path.resolve()))
-        elif item and (hasattr(data, item) or (Path(data.__file__).parent / f"{item}.png").is_file()):
+        elif item and ((file := shipped(item)) is None or file.is_file()):
             names.append(item)
         else:
             raise SystemExit(
@@ -196,6 +206,11 @@ def photo_set(spec: str) -> tuple[str, ...]:
                 "photograph of scikit-image (skimage.data)"
             )
     return tuple(dict.fromkeys(names))
+
+
+def photo_sets(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """The run's photograph sets, by the PHOTO_SETS names."""
+    return {name: getattr(args, f"{name.replace('-', '_')}_photos") for name in PHOTO_SETS}
 
 
 def described(photos: tuple[str, ...]) -> str:
@@ -762,11 +777,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         default=True,
         help="also train DSPO with the HQ image as every winner (the budget's ceiling) and evaluate it",
     )
-    for name, default, what in (
-        ("pretrain", PRETRAIN_PHOTOS, "pretrain the base on"),
-        ("round", ROUND_PHOTOS, "draw the round-1 sources from"),
-        ("held-out", HELD_OUT_PHOTOS, "draw the held-out sources from"),
-    ):
+    for name, (default, what) in PHOTO_SETS.items():
         parser.add_argument(
             f"--{name}-photos",
             type=photo_set,
@@ -799,8 +810,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         default = getattr(preset, field.name)
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(default), default=default)
     args = parser.parse_args(argv)
-    sets = {"pretrain": args.pretrain_photos, "round": args.round_photos, "held-out": args.held_out_photos}
-    for (one, a), (other, b) in itertools.combinations(sets.items(), 2):
+    for (one, a), (other, b) in itertools.combinations(photo_sets(args).items(), 2):
         if shared := sorted(set(a) & set(b)):
             parser.error(f"photographs in both --{one}-photos and --{other}-photos: {', '.join(shared)}")
     sizes = Sizes(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)})
@@ -865,13 +875,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + (f", base model reused from {base} (not pretrained in this run)" if args.base else "")
         + ("" if args.vary_seed else ", round-1 candidates with one seed per source (--no-vary-seed)")
         + "".join(
-            f", {name} photographs: {described(photos)}"
-            for name, photos, default in (
-                ("pretraining", args.pretrain_photos, PRETRAIN_PHOTOS),
-                ("round-1", args.round_photos, ROUND_PHOTOS),
-                ("held-out", args.held_out_photos, HELD_OUT_PHOTOS),
-            )
-            if photos != default
+            f", --{name}-photos {described(photos)}"
+            for name, photos in photo_sets(args).items()
+            if photos != PHOTO_SETS[name][0]
         )
         + f". Bicubic upsampling of the held-out LQ images: PSNR {bicubic['psnr']:.2f}, "
         f"SSIM {bicubic['ssim']:.3f}. Evaluation: "
@@ -896,11 +902,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for c in comparisons
         ],
         "vary_seed": args.vary_seed,
-        "photos": {
-            "pretrain": args.pretrain_photos,
-            "round": args.round_photos,
-            "held_out": args.held_out_photos,
-        },
+        "photos": photo_sets(args),
         "bicubic": bicubic,
         "seconds": watch.seconds,
         "plot": str(out / "loop.png") if plotted else None,

@@ -37,7 +37,7 @@ def test_the_tiny_loop_runs_end_to_end(tmp_path: Path) -> None:
         assert 0 <= low <= high <= 1
         assert all(0 < q["psnr"] < 100 and -1 <= q["ssim"] <= 1 for q in comparison["quality"].values())
     assert result["dataset_counts"]["records"] > 0
-    assert result["photos"]["held_out"] == tuple(
+    assert result["photos"]["held-out"] == tuple(
         str(photos / f"{n}.png") for n in sorted(loop.HELD_OUT_PHOTOS)
     )
     assert {r["username"] for r in result["annotators"]} == {f"sim-p1-{n}" for n in range(sizes.annotators)}
