@@ -454,6 +454,7 @@ _TASK_FOR_VOTE = (
         tasks.c.required_votes,
         tasks.c.vote_count,
         tasks.c.slots_taken,
+        tasks.c.kind,
         projects.c.require_content,
         projects.c.require_defect,
         CANDIDATE_IDS,
@@ -872,11 +873,14 @@ def _validate(data: VoteInput, candidates: list[int]) -> None:
         raise InvalidInput(f"a {data.outcome!r} answer names no best or worst candidate")
 
 
-def _check_texts(require_content: bool, require_defect: bool, data: VoteInput) -> None:
-    """The project's text requirements: content for every answer, defect for a pick (it has a worst)."""
-    if require_content and data.outcome in COUNTED_OUTCOMES and not data.content_text.strip():
+def _check_texts(task: Row[Any], data: VoteInput) -> None:
+    """The project's text requirements: content for every answer, defect for a pick (it has a worst).
+    They describe regions for the dataset; a blind evaluation answer only says which output is better."""
+    if task.kind == "evaluation":
+        return
+    if task.require_content and data.outcome in COUNTED_OUTCOMES and not data.content_text.strip():
         raise InvalidInput("this project needs content_text: say what the region really shows")
-    if require_defect and data.outcome == "pick" and not data.defect_text.strip():
+    if task.require_defect and data.outcome == "pick" and not data.defect_text.strip():
         raise InvalidInput("this project needs defect_text: say what is wrong in the worst candidate")
 
 
@@ -917,7 +921,7 @@ def submit_vote(
     task = _lock_task_for_vote(session, task_id, user_id if check_member else None)
     ids = _ids(task.candidate_ids)
     _validate(data, ids)
-    _check_texts(task.require_content, task.require_defect, data)
+    _check_texts(task, data)
 
     slots, count = task.slots_taken, task.vote_count
     if data.outcome == "skip":
@@ -998,7 +1002,7 @@ def replace_vote(
     if now - old.created_at > grace:
         raise Conflict(f"vote {old.id} is older than {grace.total_seconds():.0f} s: too late to undo it")
     _validate(data, _ids(task.candidate_ids))
-    _check_texts(task.require_content, task.require_defect, data)
+    _check_texts(task, data)
 
     slots, count = task.slots_taken, task.vote_count
     was_counted = old.outcome in COUNTED_OUTCOMES

@@ -306,13 +306,19 @@ class Simulation:
         }
         if decision.outcome == "skip" or judgement is None:
             return body
-        content = judgement.content_text or (FALLBACK_CONTENT if self.project["require_content"] else "")
+        # The project's text requirements hold for regions and images, not for evaluation answers.
+        needs_texts = task["kind"] != "evaluation"
+        content = judgement.content_text or (
+            FALLBACK_CONTENT if needs_texts and self.project["require_content"] else ""
+        )
         body["content_text"] = content[:500]
         if decision.outcome == "pick":
             ids = [c["id"] for c in task["candidates"]]
             assert decision.best is not None and decision.worst is not None
             body["best_candidate_id"], body["worst_candidate_id"] = ids[decision.best], ids[decision.worst]
-            defect = judgement.defect_text or (FALLBACK_DEFECT if self.project["require_defect"] else "")
+            defect = judgement.defect_text or (
+                FALLBACK_DEFECT if needs_texts and self.project["require_defect"] else ""
+            )
             body["defect_text"] = defect[:500]
         return body
 

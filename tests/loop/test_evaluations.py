@@ -220,11 +220,12 @@ def _jsonish(value: object) -> object:
     return value
 
 
-@pytest.mark.parametrize("b_wins", [9, 6])
+@pytest.mark.parametrize("b_wins", [9, 8, 7, 6])
 def test_promotion_happens_exactly_when_the_lower_bound_is_above_one_half(
     service: Service, b_wins: int
 ) -> None:
-    """9 of 9 for B: lower bound 0.70, promoted; 6 of 9: 0.35, kept. The decision keeps its numbers."""
+    """Of 9 answers for B: 9 (lower bound 0.70) and 8 (0.57) promote, 7 (0.45) and 6 (0.35) keep, the two
+    in the middle on either side of the line. The decision keeps its numbers."""
     project_id = service.project(held_out=3, auto_promote=True)
     evaluation = service.start_round(project_id, required_votes=3)["evaluation"]
     side_of = sides(service.runtime, evaluation["id"])
@@ -275,6 +276,37 @@ def test_evaluation_answers_never_reach_a_dataset(service: Service) -> None:
     records = service.get(f"/datasets/{dataset['id']}/records", limit=1000)["records"]
     assert records and {int(r["source_id"]) for r in records} == kept
     assert service.get(f"/evaluations/{evaluation['id']}")["summary"]["overall"]["answers"] == 6
+
+
+def test_the_project_text_requirements_hold_for_regions_not_for_evaluation_answers(
+    service: Service,
+) -> None:
+    """A project that needs content and defect texts takes a blind evaluation answer without them (it
+    only says which output is better) and still refuses a region's vote without them."""
+    project_id = service.project(held_out=1, kept=1, require_content=True, require_defect=True)
+    service.start_round(project_id, required_votes=3)
+    headers = service.annotators["alice"]
+    seen = set()
+    while (
+        response := service.client.post(f"/api/v1/projects/{project_id}/next", headers=headers)
+    ).status_code == 200:
+        task = response.json()
+        ids = [c["id"] for c in task["candidates"]]
+        body = {
+            "best_candidate_id": ids[0],
+            "worst_candidate_id": ids[-1],
+            "client_submission_id": submission_id(),
+        }
+        answer = service.client.post(f"/api/v1/tasks/{task['id']}/vote", json=body, headers=headers)
+        if task["kind"] == "evaluation":
+            assert answer.status_code == 201, answer.text
+        else:
+            assert answer.status_code == 422 and "content_text" in answer.json()["detail"], answer.text
+            texts = {"content_text": "a cat's ear", "defect_text": "blurred fur"}
+            body |= texts | {"client_submission_id": submission_id()}
+            service.post(f"/tasks/{task['id']}/vote", body, headers=headers, status=201)
+        seen.add(task["kind"])
+    assert response.status_code == 204 and "evaluation" in seen and seen - {"evaluation"}
 
 
 def test_a_round_needs_held_out_sources_and_known_generators(service: Service) -> None:

@@ -896,11 +896,12 @@
           : "Choose the best (1…) and the worst (Q…) candidate, or press T, A or S.",
       );
     }
-    if (outcome !== "skip" && requireContent && !content) {
+    // A blind evaluation answer needs no texts: they describe regions for the dataset.
+    if (outcome !== "skip" && requireContent && !content && !isPair()) {
       $("content").focus();
       return notify("This project needs a description of what the region really shows.");
     }
-    if (outcome === "pick" && requireDefect && !defect) {
+    if (outcome === "pick" && requireDefect && !defect && !isPair()) {
       $("defect").focus();
       return notify("This project needs a description of what is wrong in the worst candidate.");
     }
