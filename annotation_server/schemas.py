@@ -504,6 +504,22 @@ class ModelVersionIn(BaseModel):
     metrics: JSONObject = Field(default_factory=dict)
 
 
+class TrainRequest(BaseModel):
+    args: JSONObject = Field(
+        default_factory=dict,
+        description='trainer flags for this run over the project\'s train_settings "args", e.g. '
+        '{"loss": "dpo", "max_steps": 500}',
+    )
+    name: Annotated[Text, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, description="the model version's name (default v{dataset version}-job{job id})"
+    )
+
+
+class TrainOut(BaseModel):
+    job_id: int
+    dataset_id: int
+
+
 class ModelVersionOut(ORMModel):
     id: int
     project_id: int

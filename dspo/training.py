@@ -34,11 +34,20 @@ def training_dir(runtime: Runtime, project_id: int, job_id: int) -> Path:
     return Path(runtime.settings.storage_root) / "models" / str(project_id) / f"job-{job_id}"
 
 
-def trainer_command(dataset_root: Path, out: Path, settings: dict[str, Any]) -> list[str]:
+def settings_problem(settings: dict[str, Any]) -> str | None:
+    """What stops these train_settings from training here, or None."""
     if "model" not in settings:
-        raise ValueError('the project\'s train_settings need "model": a local diffusers folder')
+        return 'the project\'s train_settings need "model": a local diffusers folder'
     if not Path(settings["model"]).is_dir():
-        raise ValueError(f"the base model folder {settings['model']} does not exist on this worker")
+        return f"the base model folder {settings['model']} does not exist on this worker"
+    if not isinstance(settings.get("args", {}), dict):
+        return 'train_settings "args" must be an object: {trainer flag: value}'
+    return None
+
+
+def trainer_command(dataset_root: Path, out: Path, settings: dict[str, Any]) -> list[str]:
+    if problem := settings_problem(settings):
+        raise ValueError(problem)
     command = [sys.executable, "-m", "dspo.cli", "train", "--dataset", str(dataset_root)]
     command += ["--model", str(settings["model"]), "--output-dir", str(out)]
     command += ["--backbone", settings.get("backbone", "upscaler"), "--no-progress"]
@@ -52,17 +61,25 @@ def trainer_command(dataset_root: Path, out: Path, settings: dict[str, Any]) -> 
 
 
 def train(
-    runtime: Runtime, dataset_id: int, job_id: int, progress: Callable[[float, str], None]
+    runtime: Runtime,
+    dataset_id: int,
+    job_id: int,
+    progress: Callable[[float, str], None],
+    settings: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
+    """Train on the dataset with `settings` (None: the project's train_settings as they are now) and
+    register the LoRA as model version `name` (None: v{dataset version}-job{job id})."""
     with runtime.sessions() as session:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None or dataset.state != "published":
             raise RuntimeError(f"dataset {dataset_id} is not published: nothing to train on")
         project = session.get(Project, dataset.project_id)
         assert project is not None
+    settings = project.train_settings if settings is None else settings
     out = training_dir(runtime, project.id, job_id)
     out.mkdir(parents=True, exist_ok=True)
-    command = trainer_command(dataset_dir(runtime, dataset) / NATIVE, out, project.train_settings)
+    command = trainer_command(dataset_dir(runtime, dataset) / NATIVE, out, settings)
     progress(0.05, "training: " + " ".join(command[3:]))
     # A retried job starts its log and outputs afresh (the trainer overwrites its own files).
     with open(out / LOG_FILE, "w") as log:
@@ -75,7 +92,7 @@ def train(
     lora = out / LORA_FILE
     if not lora.is_file():
         raise RuntimeError(f"dspo train finished without writing {lora}")
-    name = f"v{dataset.version}-job{job_id}"
+    name = name or f"v{dataset.version}-job{job_id}"
     with session_scope(runtime.sessions) as session:
         version = session.scalars(
             select(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.name == name)
@@ -85,8 +102,8 @@ def train(
                 project_id=project.id,
                 name=name,
                 dataset_id=dataset.id,
-                backbone=project.train_settings.get("backbone", "upscaler"),
-                base_model=str(project.train_settings["model"]),
+                backbone=settings.get("backbone", "upscaler"),
+                base_model=str(settings["model"]),
                 lora_path=str(out),
                 lora_sha256=sha256_file(lora),
                 metrics=metrics,

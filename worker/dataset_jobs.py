@@ -16,7 +16,19 @@ def dataset_build(ctx: JobContext) -> dict[str, Any]:
 
 
 def train_model(ctx: JobContext) -> dict[str, Any]:
-    """Run `dspo train` on a published dataset (on a GPU worker), register the LoRA it writes and, if
-    the project evaluates what retraining trains, start a round of it against the project's generator."""
-    result = train(ctx.runtime, ctx.payload["dataset_id"], ctx.job_id, ctx.progress)
+    """Run `dspo train` on a published dataset (on a GPU worker) and register the LoRA it writes. A
+    training that scheduled retraining queued then, if the project evaluates what retraining trains,
+    starts a round of it against the project's generator; one asked for over REST
+    (dspo.services.model_versions.start_training) carries its own settings and name, and no round."""
+    payload = ctx.payload
+    result = train(
+        ctx.runtime,
+        payload["dataset_id"],
+        ctx.job_id,
+        ctx.progress,
+        payload.get("settings"),
+        payload.get("name"),
+    )
+    if "settings" in payload:
+        return result
     return result | {"evaluation_id": evaluate_trained(ctx.runtime, result["model_version_id"])}

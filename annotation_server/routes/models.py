@@ -11,6 +11,8 @@ from annotation_server.schemas import (
     ModelVersionIn,
     ModelVersionOut,
     RetrainSettings,
+    TrainOut,
+    TrainRequest,
     UseModel,
     errors,
 )
@@ -36,6 +38,22 @@ def register_model_version(
 ) -> ModelVersion:
     """Register a LoRA trained elsewhere (scheduled retraining registers its own)."""
     return model_versions.register(session, project_id, body.model_dump())
+
+
+@router.post(
+    "/datasets/{dataset_id}/train",
+    response_model=TrainOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(409, 400, 413),
+)
+def train_dataset(
+    dataset_id: IdPath, body: TrainRequest, _: AdminUser, session: WriteSession, runtime: RuntimeDep
+) -> TrainOut:
+    """Train a model version on this published dataset now: a job on the `gpu` queue (follow it at
+    /jobs/{job_id}; its result names the model version, its log is at /training-jobs/{job_id}/log).
+    The project's train_settings say what to train; `args` override its trainer flags for this run."""
+    job_id = model_versions.start_training(session, runtime, dataset_id, body.args, body.name)
+    return TrainOut(job_id=job_id, dataset_id=dataset_id)
 
 
 @router.put(

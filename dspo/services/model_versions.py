@@ -9,14 +9,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dspo import jobs
 from dspo.dataset_format import sha256_file
 from dspo.db import commit_unique
-from dspo.errors import InvalidInput, NotFound
+from dspo.errors import Conflict, InvalidInput, NotFound
 from dspo.models import Dataset, Job, ModelVersion
-from dspo.retrain import TRAIN_JOB
+from dspo.retrain import GPU_QUEUE, TRAIN_JOB, dispatch_to_gpu
 from dspo.runtime import Runtime
 from dspo.services.projects import get_project
-from dspo.training import LOG_FILE, LORA_FILE, training_dir
+from dspo.training import LOG_FILE, LORA_FILE, settings_problem, training_dir
 
 
 def list_versions(session: Session, project_id: int) -> list[ModelVersion]:
@@ -50,6 +51,32 @@ def register(session: Session, project_id: int, fields: dict[str, Any]) -> Model
     session.add(version)
     commit_unique(session, f"a model version named {fields['name']!r} exists")
     return version
+
+
+def start_training(
+    session: Session, runtime: Runtime, dataset_id: int, args: dict[str, Any], name: str | None
+) -> int:
+    """Queue a training job on a published dataset now, with the project's train_settings and `args`
+    overriding its trainer flags for this run; the job registers the LoRA as model version `name`.
+    Returns the job's id."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} does not exist")
+    if dataset.state != "published":
+        raise Conflict(f"dataset {dataset_id} is {dataset.state}: only a published dataset can be trained on")
+    project = get_project(session, dataset.project_id)
+    if problem := settings_problem(project.train_settings):
+        raise InvalidInput(f"{problem} (PUT /projects/{project.id}/retraining sets train_settings)")
+    settings = project.train_settings | {"args": project.train_settings.get("args", {}) | args}
+    if name is not None and session.scalar(
+        select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.name == name)
+    ):
+        raise Conflict(f"a model version named {name!r} exists in project {project.id}")
+    payload = {"dataset_id": dataset.id, "settings": settings, "name": name}
+    [job] = jobs.create(session, [jobs.JobSpec(TRAIN_JOB, payload, project.id, GPU_QUEUE)])
+    session.commit()
+    dispatch_to_gpu(runtime, job.id)
+    return job.id
 
 
 def use(session: Session, project_id: int, model_version_id: int | None) -> ModelVersion | None:

@@ -205,3 +205,50 @@ def test_scheduled_training_runs_the_trainer_and_registers_its_lora(
     trained = json.loads(Path(version["lora_path"], "training_config.json").read_text())
     assert trained["loss"] == "dspo" and trained["records"]["train"] == {"instance": instances, "image": 0}
     assert job.result["records"] == trained["records"]
+
+
+def test_a_dataset_trains_on_request_with_its_own_flags_and_name(
+    runtime: Runtime, client: TestClient, admin: dict[str, str], tmp_path: Path
+) -> None:
+    """POST /datasets/{id}/train: the project's train_settings with this run's flags over them (here
+    image-level DPO instead of DSPO), registered under the name asked for; refused with a reason for
+    a project without train_settings, an unknown dataset and a name already taken."""
+    from trainer.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "upscaler", "upscaler")
+    project_id = make_project(runtime, n_sources=1)
+    vote_all(runtime, project_id, users(runtime, ["a1", "a2", "a3"]))
+    body = {"min_votes": 1, "min_agreement": 0.0, "val_fraction": 0.0, "exports": []}
+    build = client.post(f"/api/v1/projects/{project_id}/datasets", json=body, headers=admin)
+    assert build.status_code == 202, build.text
+    wait_jobs(runtime, project_id)
+    dataset_id = build.json()["dataset"]["id"]
+    request = {"args": {"loss": "dpo"}, "name": "round1-dpo"}
+
+    refused = client.post(f"/api/v1/datasets/{dataset_id}/train", json=request, headers=admin)
+    assert refused.status_code == 422 and 'need "model"' in refused.json()["detail"], refused.text
+    args = {"max_steps": 1, "resolution": 64, "batch_size": 1, "lora_rank": 2, "log_every": 1}
+    settings = {"train_settings": {"model": str(model), "args": args}}
+    response = client.put(f"/api/v1/projects/{project_id}/retraining", json=settings, headers=admin)
+    assert response.status_code == 200, response.text
+    unknown = client.post("/api/v1/datasets/999999/train", json=request, headers=admin)
+    assert unknown.status_code == 404, unknown.text
+
+    started = client.post(f"/api/v1/datasets/{dataset_id}/train", json=request, headers=admin)
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job_id"]
+    [job] = [j for j in wait_jobs(runtime, project_id, timeout=300) if j.id == job_id]
+    assert job.state == "succeeded", job.error
+    assert "evaluation_id" not in job.result  # a requested training starts no round of its own
+    [version] = client.get(f"/api/v1/projects/{project_id}/model-versions", headers=admin).json()
+    assert (version["id"], version["name"], version["job_id"]) == (
+        job.result["model_version_id"],
+        "round1-dpo",
+        job_id,
+    )
+    assert version["dataset_id"] == dataset_id and version["base_model"] == str(model)
+    trained = json.loads(Path(version["lora_path"], "training_config.json").read_text())
+    assert trained["loss"] == "dpo" and trained["max_steps"] == 1
+    assert trained["records"]["train"]["instance"] == 0 and trained["records"]["train"]["image"] > 0
+    again = client.post(f"/api/v1/datasets/{dataset_id}/train", json=request, headers=admin)
+    assert again.status_code == 409 and "round1-dpo" in again.json()["detail"], again.text
