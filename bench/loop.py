@@ -15,17 +15,22 @@ One run, top to bottom:
    the service's jobs), and held-out uploads of a third set; simulated annotators
    (dspo.simulate.Simulation, judging by `--oracle`) answer every task through the REST API; a dataset
    version is built and downloaded (dataset.tar) through the REST API.
-3. **Train** DSPO, image-level DPO and SFT from that dataset with the same budget and seed. The service
-   has no route that trains a given dataset with a given loss (scheduled retraining trains with the
-   project's settings), so the trainer's CLI (`dspo train`) runs on the downloaded dataset, as a user
-   would run it (in this process); each LoRA is then registered as a model version through the REST
-   API. **The ceiling** (`--ceiling`, on by default): DSPO once more, on the same records with each
-   source's HQ image as every winner, i.e. a round whose every answer names the original: how far this
-   training budget can move the model at all, so that a small win rate can be told apart from a budget
-   that no round of preferences could show (docs/benchmarks.md, issue 11).
-4. **Evaluate** on the held-out sources: each trained model against the base, and DSPO against DPO,
-   blind and pairwise, answered by simulated annotators with the same profiles (`evaluate_pair`).
-5. **Report**: one table (win rate of B over A with ties apart and as halves, Wilson 95% intervals, the
+3. **Train** DSPO, image-level DPO and SFT from that dataset with the same budget and seed: training
+   jobs of the service (`POST /datasets/{id}/train`, the project's train_settings with the loss of each
+   run over them), each registering its LoRA as a model version. **The ceiling** (`--ceiling`, on by
+   default): DSPO once more, on the same records with each source's HQ image as every winner, i.e. a
+   round whose every answer names the original: how far this training budget can move the model at
+   all, so that a small win rate can be told apart from a budget that no round of preferences could
+   show (docs/benchmarks.md, issue 11). Its dataset is made here, not by the service, so the trainer's
+   CLI trains it with the same flags and the LoRA is registered over REST.
+4. **Evaluate** on the held-out sources: each trained model against the base, and DSPO against DPO, in
+   the service's blind pairwise evaluation rounds, answered by simulated annotators with the same
+   profiles (`evaluate_pair`).
+5. **Round 2** (`--rounds 2`): round 1's DSPO model becomes the project's generator (as a promotion
+   makes it), other tiles of the round-1 photographs are uploaded, and their candidates, tasks and
+   votes make the next dataset version (round 1's votes and round 2's); DSPO trained on it is evaluated
+   against round 1's DSPO and against the base.
+6. **Report**: one table (win rate of B over A with ties apart and as halves, Wilson 95% intervals, the
    sign test; PSNR/SSIM against HQ as secondary columns; wall time per stage), saved with a plot
    (win rates with their intervals) in `--out`.
 
@@ -42,13 +47,14 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +65,10 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/loop.py` from the root
 
 from dspo.dataset_format import DatasetWriter, image_path, read_manifest, read_records  # noqa: E402
-from dspo.evaluation_stats import EvalAnswer, EvaluationSummary, summarise  # noqa: E402
 from dspo.images import degrade  # noqa: E402
-from dspo.oracles import Oracle, OracleQuery, judge, load_oracle  # noqa: E402
-from dspo.simulate import Profile, Simulation, decide, profiles  # noqa: E402
+from dspo.oracles import Oracle, load_oracle  # noqa: E402
+from dspo.simulate import Profile, Simulation, profiles  # noqa: E402
+from dspo.training import trainer_command  # noqa: E402
 
 API = "/api/v1"
 ADMIN_PASSWORD = "bench-admin-password"  # of the admin account of the installation it starts
@@ -310,6 +316,9 @@ class Client:
     def post(self, path: str, **kwargs: Any) -> Any:
         return ok(self.http.post(path, **kwargs)).json()
 
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return ok(self.http.put(path, **kwargs)).json()
+
     def wait_job(self, job_id: int) -> dict:
         while (job := self.get(f"/jobs/{job_id}"))["state"] not in ("succeeded", "failed"):
             time.sleep(0.2)
@@ -327,12 +336,6 @@ class Client:
             if jobs and all(j["state"] == "succeeded" for j in jobs):
                 return
             time.sleep(0.5)
-
-    def has_route(self, path: str) -> bool:
-        return API + path in self.get_openapi()["paths"]
-
-    def get_openapi(self) -> dict:
-        return ok(httpx.get(self.url + "/openapi.json", timeout=60)).json()
 
     def png(self, path: str) -> np.ndarray:
         response = ok(self.http.get(path))
@@ -363,16 +366,15 @@ class Contender:
 
     name: str
     model_version_id: int | None = None
-    lora: str | None = None
 
 
 @dataclasses.dataclass
 class Comparison:
     a: Contender
     b: Contender
-    summary: dict[str, Any]  # dspo.evaluation_stats, as EvaluationSummary.to_dict() (and the service) give it
+    summary: dict[str, Any]  # dspo.evaluation_stats' numbers, as GET /evaluations/{id} gives them
     quality: dict[str, dict[str, float]]  # contender name -> mean psnr, ssim against HQ
-    how: str  # "service" or "oracle-direct"
+    decision: dict[str, Any]  # what closing the round decided on promotion, with its numbers
 
 
 @dataclasses.dataclass
@@ -390,7 +392,6 @@ class Loop:
         self.oracle: Oracle = load_oracle(args.oracle)
         base_profile = Profile(noise=args.noise, tie_threshold=args.tie_threshold, skip_rate=args.skip_rate)
         self.profiles = profiles(base_profile, sizes.annotators, spread=args.spread, seed=args.seed)
-        self._outputs: dict[str, dict[int, np.ndarray]] = {}
         self.held_out: list[HeldOut] = []
         self.rounds = 0  # evaluation rounds so far: each draws its annotators' noise afresh
 
@@ -408,33 +409,6 @@ class Loop:
         """A source's HQ upload (admins may read it), cropped to the SR size: the LQ image's times the
         scale, which is smaller when the upload's sides are not multiples of the scale."""
         return self.client.png(f"/images/sources/{source_id}/hq")[:height, :width]
-
-    def outputs(self, who: Contender) -> dict[int, np.ndarray]:
-        """One output per held-out source, the same seed and settings for every contender."""
-        if who.name not in self._outputs:
-            import torch
-
-            from trainer.evaluate import load_pipeline
-
-            pipe = load_pipeline("upscaler", str(self.base), who.lora, self.args.device)
-            made = {}
-            for item in self.held_out:
-                generator = torch.Generator(pipe.device).manual_seed(
-                    self.args.seed * 100_003 + item.source_id
-                )
-                image = pipe(
-                    prompt=PROMPT,
-                    image=Image.fromarray(item.lq),
-                    num_inference_steps=int(self.sizes.steps.split(",")[0]),
-                    guidance_scale=float(self.sizes.guidance.split(",")[0]),
-                    generator=generator,
-                ).images[0]
-                made[item.source_id] = np.asarray(image.convert("RGB"))
-            self._outputs[who.name] = made
-        return self._outputs[who.name]
-
-    def quality(self, who: Contender) -> dict[str, float]:
-        return quality(self.held_out, self.outputs(who))
 
 
 def bicubic_of(lq: np.ndarray) -> np.ndarray:
@@ -454,19 +428,9 @@ def quality(held_out: list[HeldOut], outputs: dict[int, np.ndarray]) -> dict[str
 
 
 def evaluate_pair(loop: Loop, a: Contender, b: Contender) -> Comparison:
-    """A blind pairwise evaluation of B against A on the held-out sources, answered by the simulated
-    annotators: through the service's evaluation rounds where the server has them, else computed here
-    (`evaluate_direct`)."""
-    if loop.client.has_route("/projects/{project_id}/evaluations"):
-        return evaluate_service(loop, a, b)
-    summary = evaluate_direct(loop, a, b).to_dict()
-    return Comparison(a, b, summary, {c.name: loop.quality(c) for c in (a, b)}, "oracle-direct")
-
-
-def evaluate_service(loop: Loop, a: Contender, b: Contender) -> Comparison:
-    """An evaluation round of the service: its job makes both outputs per held-out source (same seed
-    and settings), the simulated annotators answer its blind tasks over HTTP as they answer any task,
-    and the service computes the numbers; closing the round records its promotion decision."""
+    """B against A in an evaluation round of the service: its job makes both outputs per held-out source
+    (same seed and settings), the simulated annotators answer its blind tasks over HTTP as they answer
+    any task, and the service computes the numbers; closing the round records its promotion decision."""
     client, project = loop.client, loop.project_id
 
     def side(c: Contender) -> dict[str, int]:
@@ -480,7 +444,7 @@ def evaluate_service(loop: Loop, a: Contender, b: Contender) -> Comparison:
     loop.rounds += 1
     seed = loop.args.seed + 1000 * loop.rounds  # the annotators' draws differ from round to round
     Simulation(client.url, project, client.token, loop.oracle, loop.profiles, seed=seed).run()
-    client.post(f"/evaluations/{evaluation['id']}/close")
+    decision = client.post(f"/evaluations/{evaluation['id']}/close")
     summary = client.get(f"/evaluations/{evaluation['id']}")["summary"]
     outputs: dict[str, dict[int, np.ndarray]] = {a.name: {}, b.name: {}}
     for row in client.get(f"/evaluations/{evaluation['id']}/answers"):
@@ -488,41 +452,8 @@ def evaluate_service(loop: Loop, a: Contender, b: Contender) -> Comparison:
             if row["source_id"] not in outputs[who.name]:
                 outputs[who.name][row["source_id"]] = client.png(f"/images/candidates/{row[key]}")
     answered = [item for item in loop.held_out if item.source_id in outputs[a.name]]
-    return Comparison(a, b, summary, {c.name: quality(answered, outputs[c.name]) for c in (a, b)}, "service")
-
-
-def evaluate_direct(loop: Loop, a: Contender, b: Contender) -> EvaluationSummary:
-    """The evaluation round computed here, without the service: every simulated annotator sees each
-    held-out source's LQ image and the two outputs, B on a side drawn for it, and answers as
-    dspo.simulate decides (its noise, tie threshold, position bias and skips) from the oracle's scores.
-    A fallback for as long as the service has no evaluation rounds."""
-    outputs_a, outputs_b = loop.outputs(a), loop.outputs(b)
-    loop.rounds += 1
-    answers, skips = [], 0
-    for number, profile in enumerate(loop.profiles):
-        rng = np.random.default_rng([loop.args.seed, loop.rounds, number])
-        for item in loop.held_out:
-            b_side = "left" if rng.random() < 0.5 else "right"
-            if rng.random() < profile.skip_rate:
-                skips += 1
-                continue
-            pair = [outputs_b[item.source_id], outputs_a[item.source_id]]
-            shown = pair if b_side == "left" else pair[::-1]
-            height, width = shown[0].shape[:2]
-            query = OracleQuery(
-                lq=item.lq,
-                candidates=shown,
-                hq=item.hq,
-                mask=None,
-                box=(0, 0, width, height),
-                scale=SCALE,
-                kind="image",
-                prompt=PROMPT,
-            )
-            decision = decide(judge(loop.oracle, query).scores, profile, rng)
-            answer = "tie" if decision.outcome == "tie" else ("left" if decision.best == 0 else "right")
-            answers.append(EvalAnswer(annotator=number, item=item.source_id, b_side=b_side, answer=answer))
-    return summarise(answers, skips)
+    quality_of = {c.name: quality(answered, outputs[c.name]) for c in (a, b)}
+    return Comparison(a, b, summary, quality_of, decision)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -583,27 +514,43 @@ def stage_project(client: Client, base: Path, sizes: Sizes, args: argparse.Names
         },
     )
     # One random stream per set: the held-out draw does not depend on the round's photographs or size.
-    round_tiles = tiles(args.round_photos, sizes.tile)
     held_out_tiles = tiles(args.held_out_photos, sizes.tile)
-    uploads = [(t, False) for t in draw(round_tiles, sizes.sources, np.random.default_rng([args.seed, 2]))]
-    uploads += [
-        (t, True) for t in draw(held_out_tiles, sizes.held_out, np.random.default_rng([args.seed, 3]))
-    ]
-    for (name, img), held_out in uploads:
-        client.post(
-            f"/projects/{project['id']}/uploads",
-            files={"file": (f"{name}.png", png_bytes(img), "image/png")},
-            data={"kind": "hq", "prompt": PROMPT, "held_out": str(held_out).lower()},
-        )
+    upload(client, project["id"], round_sources(args, sizes, 1), held_out=False)
+    held_out = draw(held_out_tiles, sizes.held_out, np.random.default_rng([args.seed, 3]))
+    upload(client, project["id"], held_out, held_out=True)
     client.wait_project_jobs(project["id"])
     return project["id"]
 
 
-def stage_votes(loop: Loop) -> list[Any]:
+def round_sources(args: argparse.Namespace, sizes: Sizes, number: int) -> list[tuple[str, Image.Image]]:
+    """The HQ tiles of round `number` (1 or 2), drawn from the round photographs' tiles: round 2's from
+    those round 1 did not draw, so no source is voted on twice."""
+    pool = tiles(args.round_photos, sizes.tile)
+    round_1 = draw(pool, sizes.sources, np.random.default_rng([args.seed, 2]))
+    if number == 1:
+        return round_1
+    drawn = {name for name, _ in round_1}
+    rest = [tile for tile in pool if tile[0] not in drawn]
+    if not rest:
+        raise SystemExit(
+            "round 1 drew every tile of --round-photos: give more photographs or fewer --sources"
+        )
+    return draw(rest, min(sizes.sources, len(rest)), np.random.default_rng([args.seed, 4]))
+
+
+def upload(client: Client, project_id: int, sources: list[tuple[str, Image.Image]], held_out: bool) -> None:
+    for name, img in sources:
+        client.post(
+            f"/projects/{project_id}/uploads",
+            files={"file": (f"{name}.png", png_bytes(img), "image/png")},
+            data={"kind": "hq", "prompt": PROMPT, "held_out": str(held_out).lower()},
+        )
+
+
+def stage_votes(loop: Loop, seed: int) -> list[Any]:
+    """The simulated annotators answer every open task of the project."""
     token = loop.client.token
-    return Simulation(
-        loop.client.url, loop.project_id, token, loop.oracle, loop.profiles, seed=loop.args.seed
-    ).run()
+    return Simulation(loop.client.url, loop.project_id, token, loop.oracle, loop.profiles, seed=seed).run()
 
 
 def stage_dataset(loop: Loop, out: Path) -> tuple[int, Path, dict]:
@@ -645,50 +592,102 @@ def stage_ceiling_dataset(loop: Loop, dataset: Path, out: Path) -> Path:
     return writer.finish({"dataset_id": f"{manifest['dataset_id']}-ceiling", "version": manifest["version"]})
 
 
-def stage_train(
-    loop: Loop, dataset_id: int | None, dataset: Path, loss: str, out: Path, name: str | None = None
-) -> Contender:
-    """`dspo train` (the trainer's CLI, run in this process: a new interpreter would spend a minute of
-    a loaded CPU importing torch again), then the LoRA registered as a model version over REST."""
+def stage_train_settings(loop: Loop) -> dict[str, Any]:
+    """The project's train_settings (PUT /projects/{id}/retraining, scheduled retraining left off): the
+    base model and the trainer flags every training of the benchmark shares: the same budget and seed."""
+    s = loop.sizes
+    flags = {"max_steps": s.train_steps, "batch_size": s.train_batch, "resolution": s.resolution}
+    flags |= {"learning_rate": s.learning_rate, "lora_rank": s.lora_rank, "beta": s.beta}
+    settings = {"model": str(loop.base), "backbone": "upscaler", "args": flags | {"seed": loop.args.seed}}
+    return loop.client.put(f"/projects/{loop.project_id}/retraining", json={"train_settings": settings})[
+        "train_settings"
+    ]
+
+
+def batch_size(loop: Loop, dataset: Path, loss: str) -> int:
+    """Image-level DPO and SFT read the image-level records (one per source at most): a small round may
+    not fill a batch with them, and the trainer refuses a batch it cannot fill."""
     import pyarrow.parquet as pq
 
-    from dspo.cli import main as dspo_cli
-
-    s = loop.sizes
-    name = name or loss
-    run = out / f"train-{name}"
-    # Image-level DPO and SFT read the image-level records (one per source at most): a small round may
-    # not fill a batch with them, and the trainer refuses a batch it cannot fill.
     instance_ids = pq.read_table(dataset / "records.parquet", columns=["instance_id"])["instance_id"]
     image_level = sum(i is None for i in instance_ids.to_pylist())
-    batch = s.train_batch if loss == "dspo" or not image_level else min(s.train_batch, image_level)
-    argv = ["train", "--dataset", str(dataset), "--model", str(loop.base), "--output-dir", str(run)]
-    argv += ["--backbone", "upscaler", "--loss", loss, "--no-progress"]
-    argv += ["--max-steps", str(s.train_steps), "--batch-size", str(batch)]
-    argv += ["--resolution", str(s.resolution), "--learning-rate", str(s.learning_rate)]
-    argv += ["--lora-rank", str(s.lora_rank), "--beta", str(s.beta), "--seed", str(loop.args.seed)]
-    log = out / f"train-{name}.log"
-    with open(log, "w") as stream, redirect_stdout(stream), redirect_stderr(stream):
-        code = dspo_cli(argv)
-    if code != 0:
-        raise RuntimeError(f"dspo {' '.join(argv)} exited with {code}:\n{log.read_text()[-3000:]}")
+    if loss == "dspo" or not image_level:
+        return loop.sizes.train_batch
+    return min(loop.sizes.train_batch, image_level)
+
+
+def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path, name: str) -> int:
+    """A training job of the service on the dataset version (POST /datasets/{id}/train) with this loss;
+    the LoRA it registers as model version `name` is copied to `out`. Returns the model version's id."""
+    args = {"loss": loss, "batch_size": batch_size(loop, dataset, loss)}
+    started = loop.client.post(f"/datasets/{dataset_id}/train", json={"args": args, "name": name})
+    result = loop.client.wait_job(started["job_id"])["result"]
+    kept = out / f"train-{name}"
+    shutil.rmtree(kept, ignore_errors=True)  # a previous run's, in the same --out
+    shutil.copytree(result["output_dir"], kept)
+    return result["model_version_id"]
+
+
+def stage_train_ceiling(loop: Loop, dataset: Path, settings: dict[str, Any], out: Path) -> int:
+    """DSPO on the ceiling's dataset, which the service did not build: the trainer's CLI with the
+    project's train_settings, as the service's training job runs it, then the LoRA registered over REST.
+    Returns the model version's id."""
+    run = out / "train-ceiling-dspo"
+    settings = settings | {"args": settings["args"] | {"loss": "dspo"}}
+    log = out / "train-ceiling-dspo.log"
+    with open(log, "w") as stream:
+        code = subprocess.run(
+            trainer_command(dataset, run, settings), stdout=stream, stderr=subprocess.STDOUT
+        )
+    if code.returncode != 0:
+        raise RuntimeError(f"dspo train exited with {code.returncode}:\n{log.read_text()[-3000:]}")
     metrics = json.loads((run / "metrics.json").read_text())
     version = loop.client.post(
         f"/projects/{loop.project_id}/model-versions",
         json={
-            "name": f"round1-{name}",
-            "dataset_id": dataset_id,
+            "name": "round1-ceiling-dspo",
             "backbone": "upscaler",
             "base_model": str(loop.base),
             "lora_path": str(run),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
         },
     )
-    return Contender(name.upper(), version["id"], str(run))
+    return version["id"]
+
+
+def stage_round_2(loop: Loop, round_1: Contender, out: Path, watch: Stopwatch) -> tuple[Contender, dict]:
+    """Round 1's DSPO model generates round 2's candidates (PUT /projects/{id}/model-version, what a
+    promotion does), on tiles round 1 did not draw; the votes on them and round 1's make the next dataset
+    version, and DSPO is trained on it with the same budget and seed. Returns it and the dataset's counts."""
+    client, project_id = loop.client, loop.project_id
+    with watch("round 2: ingest, candidates from round 1's DSPO, instances, tasks"):
+        client.put(
+            f"/projects/{project_id}/model-version", json={"model_version_id": round_1.model_version_id}
+        )
+        upload(client, project_id, round_sources(loop.args, loop.sizes, 2), held_out=False)
+        client.wait_project_jobs(project_id)
+    with watch("round 2: simulated votes"):
+        stage_votes(loop, seed=loop.args.seed + 500)
+    with watch("round 2: dataset"):
+        dataset_id, dataset, counts = stage_dataset(loop, out)
+    with watch("train dspo, round 2"):
+        version_id = stage_train(loop, dataset_id, dataset, "dspo", out, "round2-dspo")
+    return Contender("DSPO round 2", version_id), counts
 
 
 # --------------------------------------------------------------------------------------------------
 # Report
+
+
+def round_2_header(dspo_vs_base: Comparison, counts: dict) -> str:
+    """Round 2 in the table's header: its dataset, and whether the service's promotion rule would have
+    made round 1's DSPO the project's generator (the benchmark makes it so either way)."""
+    low = dspo_vs_base.decision["lower_bound"]
+    verdict = "would have promoted it" if low > 0.5 else "would have kept the base"
+    return (
+        f"; round 2 from round 1's DSPO ({counts.get('records', '?')} records in its dataset, round 1's "
+        f"and round 2's; the promotion rule, at a lower bound of {low:.3f} with ties as halves, {verdict})"
+    )
 
 
 def fmt_interval(low: float, high: float) -> str:
@@ -793,6 +792,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         help="round-1 candidates differ by seed as well as by guidance and steps (the default); "
         "--no-vary-seed: one seed per source, so they differ by their settings only",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: a second round from round 1's DSPO model, evaluated against round 1's DSPO and the base",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads",
@@ -844,17 +850,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             project_id = stage_project(client, base, sizes, args)
         loop = Loop(client, project_id, base, sizes, args)
         with watch("round 1: simulated votes"):
-            reports = stage_votes(loop)
+            reports = stage_votes(loop, seed=args.seed)
         with watch("round 1: dataset"):
             dataset_id, dataset, counts = stage_dataset(loop, out)
+        settings = stage_train_settings(loop)
         trained = {}
         for loss in ("dspo", "dpo", "sft"):
             with watch(f"train {loss}"):
-                trained[loss] = stage_train(loop, dataset_id, dataset, loss, out)
+                version_id = stage_train(loop, dataset_id, dataset, loss, out, f"round1-{loss}")
+                trained[loss] = Contender(loss.upper(), version_id)
         if args.ceiling:
             with watch("train dspo on HQ winners (the ceiling)"):
                 ceiling = stage_ceiling_dataset(loop, dataset, out)
-                trained["ceiling"] = stage_train(loop, None, ceiling, "dspo", out, name="dspo-hq")
+                trained["ceiling"] = Contender("DSPO-HQ", stage_train_ceiling(loop, ceiling, settings, out))
         loop.load_held_out()
         base_model = Contender("base")
         pairs = [(base_model, trained["dspo"]), (base_model, trained["dpo"]), (base_model, trained["sft"])]
@@ -865,8 +873,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for a, b in pairs:
             with watch(f"evaluate {b.name} vs {a.name}"):
                 comparisons.append(evaluate_pair(loop, a, b))
+        round_2_counts = None
+        if args.rounds == 2:
+            round_2, round_2_counts = stage_round_2(loop, trained["dspo"], out, watch)
+            for a in (trained["dspo"], base_model):
+                with watch(f"evaluate {round_2.name} vs {a.name}"):
+                    comparisons.append(evaluate_pair(loop, a, round_2))
 
-    how = {c.how for c in comparisons}
     bicubic = quality(loop.held_out, {i.source_id: bicubic_of(i.lq) for i in loop.held_out})
     header = (
         f"Loop benchmark, seed {args.seed}, oracle {args.oracle}, size {args.size}: "
@@ -879,14 +892,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for name, photos in photo_sets(args).items()
             if photos != PHOTO_SETS[name][0]
         )
+        + (round_2_header(comparisons[0], round_2_counts) if round_2_counts is not None else "")
         + f". Bicubic upsampling of the held-out LQ images: PSNR {bicubic['psnr']:.2f}, "
-        f"SSIM {bicubic['ssim']:.3f}. Evaluation: "
-        + (
-            "computed directly with the oracle on the outputs (blind sides, the simulated annotators' "
-            "noise), NOT through the service's evaluation rounds"
-            if how == {"oracle-direct"}
-            else "the service's evaluation rounds, answered over HTTP"
-        )
+        f"SSIM {bicubic['ssim']:.3f}. Evaluation: the service's evaluation rounds, answered over HTTP."
     )
     text = table(comparisons, watch.seconds, header)
     print(text)
@@ -896,9 +904,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seed": args.seed,
         "sizes": dataclasses.asdict(sizes),
         "dataset_counts": counts,
+        "round_2_dataset_counts": round_2_counts,
         "annotators": [dataclasses.asdict(r) for r in reports],
         "comparisons": [
-            {"a": c.a.name, "b": c.b.name, "how": c.how, "quality": c.quality, "summary": c.summary}
+            {"a": c.a.name, "b": c.b.name, "quality": c.quality, "summary": c.summary, "decision": c.decision}
             for c in comparisons
         ],
         "vary_seed": args.vary_seed,

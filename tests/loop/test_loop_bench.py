@@ -1,7 +1,8 @@
 """The loop benchmark end to end at its tiny size (minutes; no quality claim): pretraining, round 1
 through a real server over HTTP (uploads, the jobs, simulated votes, a dataset downloaded over REST),
-DSPO, DPO and SFT trained by the trainer's CLI and registered as model versions, the ceiling (DSPO on
-the same records with the HQ images as winners), the five evaluations, the table, the JSON and the plot."""
+DSPO, DPO and SFT trained by the service's training jobs as model versions, the ceiling (DSPO on the
+same records with the HQ images as winners), the five evaluations, round 2 from round 1's DSPO and its
+two evaluations, the table, the JSON and the plot."""
 
 import json
 from pathlib import Path
@@ -23,10 +24,19 @@ def test_the_tiny_loop_runs_end_to_end(tmp_path: Path) -> None:
     for name in loop.HELD_OUT_PHOTOS:
         loop.photograph(name).save(photos / f"{name}.png")
     out = tmp_path / "out"
-    result = loop.main(["--size", "tiny", "--seed", "3", "--out", str(out), "--held-out-photos", str(photos)])
+    argv = ["--size", "tiny", "--seed", "3", "--out", str(out), "--held-out-photos", str(photos)]
+    result = loop.main([*argv, "--rounds", "2"])
 
     pairs = [(c["b"], c["a"]) for c in result["comparisons"]]
-    assert pairs == [("DSPO", "base"), ("DPO", "base"), ("SFT", "base"), ("DSPO-HQ", "base"), ("DSPO", "DPO")]
+    assert pairs == [
+        ("DSPO", "base"),
+        ("DPO", "base"),
+        ("SFT", "base"),
+        ("DSPO-HQ", "base"),
+        ("DSPO", "DPO"),
+        ("DSPO round 2", "DSPO"),
+        ("DSPO round 2", "base"),
+    ]
     sizes = loop.SIZES["tiny"]
     for comparison in result["comparisons"]:
         overall = comparison["summary"]["overall"]
@@ -37,27 +47,41 @@ def test_the_tiny_loop_runs_end_to_end(tmp_path: Path) -> None:
         assert 0 <= low <= high <= 1
         assert all(0 < q["psnr"] < 100 and -1 <= q["ssim"] <= 1 for q in comparison["quality"].values())
     assert result["dataset_counts"]["records"] > 0
+    # Round 2's dataset holds round 1's votes and its own.
+    assert result["round_2_dataset_counts"]["records"] > result["dataset_counts"]["records"]
+    # Closing a round records the promotion rule's numbers; the project's auto_promote is off.
+    assert all(c["decision"]["decision"] == "off" for c in result["comparisons"])
     assert result["photos"]["held-out"] == tuple(
         str(photos / f"{n}.png") for n in sorted(loop.HELD_OUT_PHOTOS)
     )
     assert {r["username"] for r in result["annotators"]} == {f"sim-p1-{n}" for n in range(sizes.annotators)}
-    assert set(result["seconds"]) >= {"pretrain base", "round 1: simulated votes", "train dspo", "train sft"}
+    assert set(result["seconds"]) >= {
+        "pretrain base",
+        "round 1: simulated votes",
+        "train dspo",
+        "train sft",
+        "round 2: simulated votes",
+        "train dspo, round 2",
+    }
+    # Every training but the ceiling's was a job of the service; its LoRA is kept in --out.
+    for name in ("round1-dspo", "round1-dpo", "round1-sft", "round2-dspo"):
+        assert (out / f"train-{name}" / "pytorch_lora_weights.safetensors").is_file()
+        assert json.loads((out / f"train-{name}" / "training_config.json").read_text())["max_steps"] == 2
 
     table = (out / "loop.md").read_text()
-    assert "| DSPO vs DPO |" in table and "| total |" in table
+    assert "| DSPO vs DPO |" in table and "| DSPO round 2 vs DSPO |" in table and "| total |" in table
+    assert "round 2 from round 1's DSPO" in table
     assert json.loads((out / "loop.json").read_text())["seed"] == 3
     assert (out / "loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The ceiling trained on the round's records, each winner replaced by its source's HQ image.
-    ceiling, round_1 = (
-        read_records(next(out.glob(p)).parent)
-        for p in ("dataset-ceiling/manifest.json", "dataset-*/*/manifest.json")
-    )
+    ceiling = read_records(out / "dataset-ceiling")
+    round_1 = read_records(min(out.glob("dataset-[0-9]*/*/manifest.json")).parent)
     assert [(r.record_id, r.loser, r.mask) for r in ceiling] == [
         (r.record_id, r.loser, r.mask) for r in round_1
     ]
     assert len({r.winner for r in ceiling}) == len({r.source_id for r in round_1})
     # Each ceiling winner is the pixels of a round-1 tile (an upload), none a candidate.
-    folder = next(out.glob("dataset-ceiling/manifest.json")).parent
+    folder = out / "dataset-ceiling"
     uploads = {np.asarray(img).tobytes() for _, img in loop.tiles(loop.ROUND_PHOTOS, sizes.tile)}
     for sha in {r.winner for r in ceiling}:
         with Image.open(image_path(folder, sha)) as winner:
