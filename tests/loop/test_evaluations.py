@@ -129,6 +129,16 @@ def test_a_round_is_blind_randomised_and_its_results_are_the_known_answers(servi
     ]
     side_of = sides(service.runtime, evaluation["id"])
     assert sorted(side_of.values()) == ["a"] * 3 + ["b"] * 3
+    # Both outputs of a source come from the same seed, and the three sources' seeds differ.
+    with service.runtime.sessions() as session:
+        rows = session.execute(
+            select(Candidate.source_id, Candidate.seed).where(Candidate.evaluation_id == evaluation["id"])
+        ).all()
+    seeds: dict[int, set[int]] = {}
+    for source_id, seed in rows:
+        seeds.setdefault(source_id, set()).add(seed)
+    assert len(seeds) == 3 and all(len(s) == 1 for s in seeds.values())
+    assert len(set().union(*seeds.values())) == 3
 
     def choose(name: str, task: dict) -> dict:
         left, right = (c["id"] for c in task["candidates"])
