@@ -150,6 +150,33 @@ def test_the_built_in_oracle_with_skips_ties_and_position_bias(
     assert "pick" in outcomes and outcomes <= {"pick", "tie", "skip"}
 
 
+def test_skips_ties_and_speed_are_answered_as_set(
+    runtime: Runtime, server: tuple[str, dict[str, str]]
+) -> None:
+    """An annotator whose skip rate is 1 skips every task it is shown; annotators whose tie threshold no
+    score gap reaches answer every task with a tie, each after the time per task it was given."""
+    url, admin = server
+    project_id = make_project(runtime, url, admin, ["lq"])
+    skipper = ["--annotators", "1", "--spread", "0", "--oracle", "fidelity", "--skip-rate", "1"]
+    assert simulate(url, admin, project_id, *skipper) == 0
+    slow_tiers = ["--annotators", "3", "--spread", "0", "--oracle", "fidelity", "--tie-threshold", "1e9"]
+    assert simulate(url, admin, project_id, *slow_tiers, "--seconds-per-task", "0.3") == 0
+    with runtime.sessions() as session:
+        votes = session.execute(
+            select(User.username, Vote.outcome, Vote.lead_time_ms)
+            .join(User, User.id == Vote.user_id)
+            .join(Task, Task.id == Vote.task_id)
+            .where(Task.project_id == project_id)
+        ).all()
+        n_tasks = session.scalar(select(func.count()).select_from(Task).where(Task.project_id == project_id))
+    first = f"sim-p{project_id}-0"
+    skipped = [v for v in votes if v.outcome == "skip"]
+    assert skipped and {v.username for v in skipped} == {first}
+    answers = [v for v in votes if v.outcome != "skip"]  # the second run's: two per task (overlap 2)
+    assert {v.outcome for v in answers} == {"tie"} and len(answers) == 2 * n_tasks
+    assert all(v.lead_time_ms >= 300 for v in answers)
+
+
 def test_a_bad_oracle_is_refused_with_a_reason(
     runtime: Runtime, server: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
