@@ -31,4 +31,5 @@ def train_model(ctx: JobContext) -> dict[str, Any]:
     )
     if "settings" in payload:
         return result
-    return result | {"evaluation_id": evaluate_trained(ctx.runtime, result["model_version_id"])}
+    evaluation_id, evaluation = evaluate_trained(ctx.runtime, result["model_version_id"])
+    return result | {"evaluation_id": evaluation_id, "evaluation": evaluation}

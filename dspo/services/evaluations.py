@@ -475,11 +475,11 @@ def close_finished(runtime: Runtime) -> list[int]:
     return found
 
 
-def evaluate_trained(runtime: Runtime, model_version_id: int) -> int | None:
+def evaluate_trained(runtime: Runtime, model_version_id: int) -> tuple[int | None, str]:
     """Scheduled retraining's evaluation step: if the project wants it (retrain_evaluate), a round of
-    the new model version (B) against the project's generator now (A), on the held-out sources; the
-    round's id, or None when the project does not want one or has no held-out source. A training job
-    that runs again finds its round and starts no second one."""
+    the new model version (B) against the project's generator now (A), on the held-out sources.
+    Returns the round's id (None when there is none) and what was done and why, for the job's result.
+    A training job that runs again finds its round and starts no second one."""
     with runtime.sessions() as session:
         version = session.get(ModelVersion, model_version_id)
         if version is None:
@@ -488,8 +488,12 @@ def evaluate_trained(runtime: Runtime, model_version_id: int) -> int | None:
         existing = session.scalar(
             select(Evaluation.id).where(Evaluation.trained_model_version_id == model_version_id)
         )
-        if existing is not None or not project.retrain_evaluate or not held_out_sources(session, project.id):
-            return existing
+        if existing is not None:
+            return existing, f"evaluation round {existing} was started by an earlier run of this job"
+        if not project.retrain_evaluate:
+            return None, "not evaluated: the project's retrain_evaluate is off"
+        if not held_out_sources(session, project.id):
+            return None, "not evaluated: the project has no held-out sources ready (upload some held out)"
         evaluation = start(
             session,
             runtime,
@@ -499,7 +503,7 @@ def evaluate_trained(runtime: Runtime, model_version_id: int) -> int | None:
             name=f"retraining: {version.name} against the project's generator",
             trained_model_version_id=model_version_id,
         )
-        return evaluation.id
+        return evaluation.id, f"evaluation round {evaluation.id} started against the project's generator"
 
 
 def decisions(session: Session, project_id: int) -> list[PromotionDecision]:

@@ -187,6 +187,8 @@ def test_scheduled_training_runs_the_trainer_and_registers_its_lora(
     [train_job_id] = retrain_tick(runtime)["training_jobs"]
     [job] = [j for j in wait_jobs(runtime, project_id, timeout=300) if j.id == train_job_id]
     assert job.state == "succeeded", job.error
+    assert job.result["evaluation_id"] is None
+    assert job.result["evaluation"] == "not evaluated: the project's retrain_evaluate is off"
     log = client.get(f"/api/v1/training-jobs/{train_job_id}/log", headers=admin)
     assert log.status_code == 200 and '"loss":' in log.text  # the metrics the trainer printed
     versions = client.get(f"/api/v1/projects/{project_id}/model-versions", headers=admin).json()

@@ -14,10 +14,10 @@ from dspo import jobs
 from dspo.cli import ensure_user
 from dspo.db import session_scope
 from dspo.ingest import add_source
-from dspo.models import Candidate, Project
+from dspo.models import Candidate, ModelVersion, Project
 from dspo.retrain import retrain_tick
 from dspo.runtime import Runtime
-from dspo.services.evaluations import output_position
+from dspo.services.evaluations import evaluate_trained, output_position
 from tests.datasets.helpers import make_project, users, vote_all, wait_jobs
 from tests.helpers import login, png_bytes, submission_id
 
@@ -76,6 +76,9 @@ def test_retraining_builds_trains_evaluates_and_promotes(
     [train_job] = [j for j in found if j.id == train_job_id]
     assert train_job.state == "succeeded", train_job.error
     evaluation_id = train_job.result["evaluation_id"]
+    assert train_job.result["evaluation"] == (
+        f"evaluation round {evaluation_id} started against the project's generator"
+    )
     assert all(j.state == "succeeded" for j in found), [(j.kind, j.error) for j in found]
     result = client.get(f"/api/v1/evaluations/{evaluation_id}", headers=admin).json()
     version_id = train_job.result["model_version_id"]
@@ -121,3 +124,30 @@ def test_retraining_builds_trains_evaluates_and_promotes(
         row = session.get(Project, project_id)
         assert row is not None and row.model_version_id == version_id
     assert retrain_tick(runtime)["evaluations_closed"] == []
+
+
+def test_the_evaluation_step_says_why_it_started_no_round(runtime: Runtime) -> None:
+    """Off unless the project asks for it; asked for, it needs held-out sources, and says so."""
+    project_id = make_project(runtime, n_sources=1)
+    with session_scope(runtime.sessions) as session:
+        version = ModelVersion(
+            project_id=project_id,
+            name="v1",
+            backbone="upscaler",
+            base_model="/m",
+            lora_path="/l",
+            lora_sha256="0",
+        )
+        session.add(version)
+        session.flush()
+        version_id = version.id
+    assert evaluate_trained(runtime, version_id) == (
+        None,
+        "not evaluated: the project's retrain_evaluate is off",
+    )
+    with session_scope(runtime.sessions) as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        project.retrain_evaluate = True
+    evaluation_id, why = evaluate_trained(runtime, version_id)
+    assert evaluation_id is None and "no held-out sources" in why
