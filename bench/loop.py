@@ -390,7 +390,13 @@ class Loop:
     def __init__(self, client: Client, project_id: int, base: Path, sizes: Sizes, args: argparse.Namespace):
         self.client, self.project_id, self.base, self.sizes, self.args = client, project_id, base, sizes, args
         self.oracle: Oracle = load_oracle(args.oracle)
-        base_profile = Profile(noise=args.noise, tie_threshold=args.tie_threshold, skip_rate=args.skip_rate)
+        base_profile = Profile(
+            noise=args.noise,
+            tie_threshold=args.tie_threshold,
+            position_bias=args.position_bias,
+            skip_rate=args.skip_rate,
+            seconds_per_task=args.seconds_per_task,
+        )
         self.profiles = profiles(base_profile, sizes.annotators, spread=args.spread, seed=args.seed)
         self.held_out: list[HeldOut] = []
         self.rounds = 0  # evaluation rounds so far: each draws its annotators' noise afresh
@@ -768,7 +774,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     )
     parser.add_argument("--noise", type=float, default=0.5, help="annotator noise, in the oracle's unit")
     parser.add_argument("--tie-threshold", type=float, default=0.1)
+    parser.add_argument(
+        "--position-bias", type=float, default=0.0, help="added to the score of the candidate shown first"
+    )
     parser.add_argument("--skip-rate", type=float, default=0.0)
+    parser.add_argument("--seconds-per-task", type=float, default=0.0, help="each answer's time, waited for")
     parser.add_argument("--spread", type=float, default=0.5, help="how much annotators differ")
     parser.add_argument(
         "--ceiling",
