@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/lo
 from dspo.dataset_format import DatasetWriter, image_path, read_manifest, read_records  # noqa: E402
 from dspo.images import degrade  # noqa: E402
 from dspo.oracles import Oracle, load_oracle  # noqa: E402
-from dspo.simulate import Profile, Simulation, profiles  # noqa: E402
+from dspo.simulate import Simulation, add_profile_flags, profile_from_args, profiles  # noqa: E402
 from dspo.training import trainer_command  # noqa: E402
 
 API = "/api/v1"
@@ -390,14 +390,9 @@ class Loop:
     def __init__(self, client: Client, project_id: int, base: Path, sizes: Sizes, args: argparse.Namespace):
         self.client, self.project_id, self.base, self.sizes, self.args = client, project_id, base, sizes, args
         self.oracle: Oracle = load_oracle(args.oracle)
-        base_profile = Profile(
-            noise=args.noise,
-            tie_threshold=args.tie_threshold,
-            position_bias=args.position_bias,
-            skip_rate=args.skip_rate,
-            seconds_per_task=args.seconds_per_task,
+        self.profiles = profiles(
+            profile_from_args(args), sizes.annotators, spread=args.spread, seed=args.seed
         )
-        self.profiles = profiles(base_profile, sizes.annotators, spread=args.spread, seed=args.seed)
         self.held_out: list[HeldOut] = []
         self.rounds = 0  # evaluation rounds so far: each draws its annotators' noise afresh
 
@@ -772,14 +767,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     parser.add_argument(
         "--oracle", default="fidelity", help="an oracle name (entry point dspo.oracles) or module:callable"
     )
-    parser.add_argument("--noise", type=float, default=0.5, help="annotator noise, in the oracle's unit")
-    parser.add_argument("--tie-threshold", type=float, default=0.1)
-    parser.add_argument(
-        "--position-bias", type=float, default=0.0, help="added to the score of the candidate shown first"
-    )
-    parser.add_argument("--skip-rate", type=float, default=0.0)
-    parser.add_argument("--seconds-per-task", type=float, default=0.0, help="each answer's time, waited for")
-    parser.add_argument("--spread", type=float, default=0.5, help="how much annotators differ")
+    add_profile_flags(parser)  # the simulated annotators', as `dspo simulate` takes them
     parser.add_argument(
         "--ceiling",
         action=argparse.BooleanOptionalAction,

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import httpx
@@ -365,14 +365,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
         with httpx.Client(base_url=args.url, timeout=60) as client:
             token = login(client, args.admin_user, password)
-    base = Profile(
-        noise=args.noise,
-        tie_threshold=args.tie_threshold,
-        position_bias=args.position_bias,
-        skip_rate=args.skip_rate,
-        seconds_per_task=args.seconds_per_task,
-    )
-    chosen = profiles(base, args.annotators, spread=args.spread, seed=args.seed)
+    chosen = profiles(profile_from_args(args), args.annotators, spread=args.spread, seed=args.seed)
     simulation = Simulation(args.url, args.project, token, oracle, chosen, seed=args.seed, prefix=args.prefix)
     try:
         reports = simulation.run()
@@ -395,7 +388,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    default = Profile()
     sim = commands.add_parser(
         "simulate",
         help="simulated annotators answer a project's tasks over the REST API, judged by an oracle",
@@ -417,18 +409,28 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     )
     sim.add_argument("--prefix", default="sim", help="account names: PREFIX-pPROJECT-N (default %(default)s)")
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--noise", type=float, default=default.noise, help="score noise, std (oracle units)")
-    sim.add_argument("--tie-threshold", type=float, default=default.tie_threshold, help="oracle units")
-    sim.add_argument(
+    add_profile_flags(sim)
+    sim.set_defaults(func=cmd_simulate)
+
+
+def add_profile_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the annotators' Profile and their spread (`dspo simulate`, bench/loop.py)."""
+    default = Profile()
+    parser.add_argument("--noise", type=float, default=default.noise, help="score noise, std (oracle units)")
+    parser.add_argument("--tie-threshold", type=float, default=default.tie_threshold, help="oracle units")
+    parser.add_argument(
         "--position-bias", type=float, default=default.position_bias, help="bonus for the first shown"
     )
-    sim.add_argument("--skip-rate", type=float, default=default.skip_rate)
-    sim.add_argument("--seconds-per-task", type=float, default=default.seconds_per_task)
-    sim.add_argument(
+    parser.add_argument("--skip-rate", type=float, default=default.skip_rate)
+    parser.add_argument("--seconds-per-task", type=float, default=default.seconds_per_task)
+    parser.add_argument(
         "--spread",
         type=float,
         default=0.5,
         help="each annotator's settings are the above times its own factor in [1-spread, 1+spread] "
         "(default %(default)s)",
     )
-    sim.set_defaults(func=cmd_simulate)
+
+
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    return Profile(**{f.name: getattr(args, f.name) for f in fields(Profile)})
