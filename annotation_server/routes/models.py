@@ -52,8 +52,8 @@ def train_dataset(
     """Train a model version on this published dataset now: a job on the `gpu` queue (follow it at
     /jobs/{job_id}; its result names the model version, its log is at /training-jobs/{job_id}/log).
     The project's train_settings say what to train; `args` override its trainer flags for this run."""
-    job_id = model_versions.start_training(session, runtime, dataset_id, body.args, body.name)
-    return TrainOut(job_id=job_id, dataset_id=dataset_id)
+    job = model_versions.start_training(session, runtime, dataset_id, body.args, body.name)
+    return TrainOut(job_id=job.id, dataset_id=dataset_id)
 
 
 @router.put(

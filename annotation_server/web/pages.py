@@ -36,6 +36,7 @@ from annotation_server.schemas import (
     ProjectCreate,
     ProjectFilter,
     ProjectUpdate,
+    TrainRequest,
     UserCreate,
     UserUpdate,
     validation_message,
@@ -455,6 +456,21 @@ def admin_build_dataset(
     )
     datasets.build(runtime, project_id, body.model_dump(exclude={"up_to_vote_id"}), None)
     return RedirectResponse(f"/admin/projects/{project_id}/datasets", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/admin/datasets/{dataset_id}/train")
+def admin_train_dataset(
+    dataset_id: IdPath,
+    _: AdminUser,
+    session: WriteSession,
+    runtime: RuntimeDep,
+    loss: Annotated[str, Form(pattern="^(|dspo|dpo|sft)$")] = "",
+    name: Annotated[str, Form(max_length=200)] = "",
+) -> RedirectResponse:
+    """Train this dataset now (POST /datasets/{id}/train), then follow the job on the jobs page."""
+    body = _validated(TrainRequest, args={"loss": loss} if loss else {}, name=name.strip() or None)
+    job = model_versions.start_training(session, runtime, dataset_id, body.args, body.name)
+    return RedirectResponse(f"/admin/jobs?project_id={job.project_id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.get("/admin/datasets/{dataset_id}/records", response_class=HTMLResponse)

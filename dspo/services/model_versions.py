@@ -55,10 +55,9 @@ def register(session: Session, project_id: int, fields: dict[str, Any]) -> Model
 
 def start_training(
     session: Session, runtime: Runtime, dataset_id: int, args: dict[str, Any], name: str | None
-) -> int:
+) -> Job:
     """Queue a training job on a published dataset now, with the project's train_settings and `args`
-    overriding its trainer flags for this run; the job registers the LoRA as model version `name`.
-    Returns the job's id."""
+    overriding its trainer flags for this run; the job registers the LoRA as model version `name`."""
     dataset = session.get(Dataset, dataset_id)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} does not exist")
@@ -68,15 +67,29 @@ def start_training(
     if problem := settings_problem(project.train_settings):
         raise InvalidInput(f"{problem} (PUT /projects/{project.id}/retraining sets train_settings)")
     settings = project.train_settings | {"args": project.train_settings.get("args", {}) | args}
-    if name is not None and session.scalar(
-        select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.name == name)
-    ):
-        raise Conflict(f"a model version named {name!r} exists in project {project.id}")
+    if name is not None:
+        _check_name_free(session, project.id, name)
     payload = {"dataset_id": dataset.id, "settings": settings, "name": name}
     [job] = jobs.create(session, [jobs.JobSpec(TRAIN_JOB, payload, project.id, GPU_QUEUE)])
     session.commit()
     dispatch_to_gpu(runtime, job.id)
-    return job.id
+    return job
+
+
+def _check_name_free(session: Session, project_id: int, name: str) -> None:
+    """No model version of the project has this name, and no queued or running training will give it."""
+    if session.scalar(
+        select(ModelVersion.id).where(ModelVersion.project_id == project_id, ModelVersion.name == name)
+    ):
+        raise Conflict(f"a model version named {name!r} exists in project {project_id}")
+    active = session.scalars(
+        select(Job).where(
+            Job.project_id == project_id, Job.kind == TRAIN_JOB, Job.state.in_(("queued", "running"))
+        )
+    )
+    for job in active:
+        if job.payload.get("name") == name:
+            raise Conflict(f"training job {job.id} is making a model version named {name!r}")
 
 
 def use(session: Session, project_id: int, model_version_id: int | None) -> ModelVersion | None:

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
+from annotation_server.deps import SESSION_COOKIE, csrf_token_for
 from dspo import jobs
 from dspo.datasets import records_path
 from dspo.db import session_scope
@@ -254,3 +255,19 @@ def test_a_dataset_trains_on_request_with_its_own_flags_and_name(
     assert trained["records"]["train"]["instance"] == 0 and trained["records"]["train"]["image"] > 0
     again = client.post(f"/api/v1/datasets/{dataset_id}/train", json=request, headers=admin)
     assert again.status_code == 409 and "round1-dpo" in again.json()["detail"], again.text
+
+    # The same from the datasets page: a Train form on each published version.
+    token = admin["Authorization"].removeprefix("Bearer ")
+    client.cookies.set(SESSION_COOKIE, token)
+    page = client.get(f"/admin/projects/{project_id}/datasets")
+    assert f'action="/admin/datasets/{dataset_id}/train"' in page.text
+    form = {"csrf_token": csrf_token_for(runtime, token), "loss": "sft", "name": "from-the-page"}
+    sent = client.post(f"/admin/datasets/{dataset_id}/train", data=form, follow_redirects=False)
+    assert sent.status_code == 303 and sent.headers["location"] == f"/admin/jobs?project_id={project_id}"
+    refused = client.post(f"/admin/datasets/{dataset_id}/train", data=form)  # while that job runs
+    assert refused.status_code == 409 and "from-the-page" in refused.text
+    client.cookies.clear()
+    assert all(j.state == "succeeded" for j in wait_jobs(runtime, project_id, timeout=300))
+    versions = client.get(f"/api/v1/projects/{project_id}/model-versions", headers=admin).json()
+    assert [v["name"] for v in versions] == ["round1-dpo", "from-the-page"]
+    assert json.loads(Path(versions[1]["lora_path"], "training_config.json").read_text())["loss"] == "sft"
