@@ -39,7 +39,7 @@ def settings_problem(settings: dict[str, Any]) -> str | None:
     if "model" not in settings:
         return 'the project\'s train_settings need "model": a local diffusers folder'
     if not Path(settings["model"]).is_dir():
-        return f"the base model folder {settings['model']} does not exist on this worker"
+        return f"the base model folder {settings['model']} does not exist on this machine"
     if not isinstance(settings.get("args", {}), dict):
         return 'train_settings "args" must be an object: {trainer flag: value}'
     return None

@@ -54,7 +54,7 @@ def test_tick_builds_once_then_queues_training_once(runtime: Runtime, tmp_path) 
     while (train := _jobs(runtime, TRAIN_JOB)[0]).state not in ("succeeded", "failed"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert train.state == "failed" and "no-model does not exist on this worker" in (train.error or "")
+    assert train.state == "failed" and "no-model does not exist on this machine" in (train.error or "")
 
 
 def test_beat_schedule_sends_the_tick(monkeypatch: pytest.MonkeyPatch) -> None:
