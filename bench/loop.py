@@ -637,11 +637,11 @@ def stage_train_ceiling(loop: Loop, dataset: Path, settings: dict[str, Any], out
     settings = settings | {"args": settings["args"] | {"loss": "dspo"}}
     log = out / "train-ceiling-dspo.log"
     with open(log, "w") as stream:
-        code = subprocess.run(
+        trained = subprocess.run(
             trainer_command(dataset, run, settings), stdout=stream, stderr=subprocess.STDOUT
         )
-    if code.returncode != 0:
-        raise RuntimeError(f"dspo train exited with {code.returncode}:\n{log.read_text()[-3000:]}")
+    if trained.returncode != 0:
+        raise RuntimeError(f"dspo train exited with {trained.returncode}:\n{log.read_text()[-3000:]}")
     metrics = json.loads((run / "metrics.json").read_text())
     version = loop.client.post(
         f"/projects/{loop.project_id}/model-versions",
