@@ -129,6 +129,7 @@ RULES: dict[tuple[str, str], Op] = {
     ("PUT", f"{API}/projects/{{project_id}}/model-version"): Op(ADMIN, json={}),
     ("PUT", f"{API}/projects/{{project_id}}/retraining"): Op(ADMIN, json={}),
     ("GET", f"{API}/training-jobs/{{job_id}}/log"): Op(ADMIN),
+    ("POST", f"{API}/datasets/{{dataset_id}}/train"): Op(ADMIN, json={}),
     # API: evaluation rounds and promotion
     ("GET", f"{API}/projects/{{project_id}}/evaluations"): Op(ADMIN),
     ("POST", f"{API}/projects/{{project_id}}/evaluations"): Op(ADMIN, json={}),
@@ -173,6 +174,7 @@ RULES: dict[tuple[str, str], Op] = {
     ("GET", "/admin/projects/{project_id}/quality"): Op(ADMIN),
     ("POST", "/admin/projects/{project_id}/datasets"): Op(ADMIN, form={"exports": "trl"}),
     ("GET", "/admin/datasets/{dataset_id}/records"): Op(ADMIN),
+    ("POST", "/admin/datasets/{dataset_id}/train"): Op(ADMIN, form={}),
     ("POST", "/admin/projects/{project_id}/evaluations"): Op(ADMIN, form={}),
     ("GET", "/admin/evaluations/{evaluation_id}"): Op(ADMIN),
     ("POST", "/admin/evaluations/{evaluation_id}/close"): Op(ADMIN, form={}),
