@@ -3,6 +3,7 @@ zoom shown on screen, pixel-aligned panes, an outline drawn above the pixels, fo
 fitted to the image, the key map, Enter after a click, and marks that survive a reload."""
 
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -522,8 +523,17 @@ def test_every_key_in_the_key_map_does_what_the_help_says(
     page.keyboard.press("s")
     assert shown_task(page, second) not in (task, second)
     check("skip")
-    [skip] = [v for v in site.votes(photo_project, f"keys-{viewport['width']}") if v.task_id == int(second)]
-    assert skip.outcome == "skip"
+    # The page shows the next task at once and sends the answer behind it: wait until it has arrived.
+    page.wait_for_selector("#pending", state="hidden", timeout=30_000)
+    deadline = time.monotonic() + 30
+    while not (
+        skips := [
+            v for v in site.votes(photo_project, f"keys-{viewport['width']}") if v.task_id == int(second)
+        ]
+    ):
+        assert time.monotonic() < deadline, "the skip never reached the server"
+        time.sleep(0.1)
+    assert [v.outcome for v in skips] == ["skip"]
 
     assert sorted(checked) == sorted(help_keys), "every key in the help is checked, and only those"
 
