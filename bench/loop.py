@@ -1,7 +1,7 @@
 """The closed loop, measured (SPEC §1 step 8, docs/loop.md): does a round of preferences make the model
 better, and is DSPO better than image-level DPO and SFT on the same votes?
 
-    python bench/loop.py                        # defaults: 9-16 minutes on 2 cores (docs/benchmarks.md)
+    python bench/loop.py                        # defaults: 18 minutes alone on 2 cores (docs/benchmarks.md)
     python bench/loop.py --seed 1 --oracle fidelity --size gpu --device cuda
 
 One run, top to bottom:
