@@ -47,7 +47,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -68,7 +67,7 @@ from dspo.dataset_format import DatasetWriter, image_path, read_manifest, read_r
 from dspo.images import degrade  # noqa: E402
 from dspo.oracles import Oracle, load_oracle  # noqa: E402
 from dspo.simulate import Simulation, add_profile_flags, profile_from_args, profiles  # noqa: E402
-from dspo.training import trainer_command  # noqa: E402
+from dspo.training import run_trainer  # noqa: E402
 
 API = "/api/v1"
 ADMIN_PASSWORD = "bench-admin-password"  # of the admin account of the installation it starts
@@ -629,20 +628,14 @@ def stage_train(loop: Loop, dataset_id: int, dataset: Path, loss: str, out: Path
     return result["model_version_id"]
 
 
-def stage_train_ceiling(loop: Loop, dataset: Path, settings: dict[str, Any], out: Path) -> int:
+def stage_train_ceiling(loop: Loop, ceiling: Path, settings: dict[str, Any], out: Path) -> int:
     """DSPO on the ceiling's dataset, which the service did not build: the trainer's CLI with the
-    project's train_settings, as the service's training job runs it, then the LoRA registered over REST.
+    project's train_settings, run as the service's training job runs it (its log in the run's folder),
+    then the LoRA registered over REST.
     Returns the model version's id."""
     run = out / "train-ceiling-dspo"
-    settings = settings | {"args": settings["args"] | {"loss": "dspo"}}
-    log = out / "train-ceiling-dspo.log"
-    with open(log, "w") as stream:
-        trained = subprocess.run(
-            trainer_command(dataset, run, settings), stdout=stream, stderr=subprocess.STDOUT
-        )
-    if trained.returncode != 0:
-        raise RuntimeError(f"dspo train exited with {trained.returncode}:\n{log.read_text()[-3000:]}")
-    metrics = json.loads((run / "metrics.json").read_text())
+    run.mkdir(parents=True, exist_ok=True)
+    metrics = run_trainer(ceiling, run, settings | {"args": settings["args"] | {"loss": "dspo"}})
     version = loop.client.post(
         f"/projects/{loop.project_id}/model-versions",
         json={

@@ -60,6 +60,24 @@ def trainer_command(dataset_root: Path, out: Path, settings: dict[str, Any]) -> 
     return command
 
 
+def run_trainer(
+    dataset_root: Path,
+    out: Path,
+    settings: dict[str, Any],
+    progress: Callable[[float, str], None] = lambda fraction, message: None,
+) -> dict[str, Any]:
+    """Run the trainer's CLI as a subprocess with these train_settings, its log in `out`/train.log;
+    returns its metrics. A run again starts its log and outputs afresh (the trainer overwrites its files)."""
+    command = trainer_command(dataset_root, out, settings)
+    progress(0.05, "training: " + " ".join(command[3:]))
+    with open(out / LOG_FILE, "w") as log:
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    if returncode != 0:
+        tail = (out / LOG_FILE).read_text()[-2000:]
+        raise RuntimeError(f"dspo train exited with status {returncode}; the end of its log:\n{tail}")
+    return json.loads((out / "metrics.json").read_text())
+
+
 def train(
     runtime: Runtime,
     dataset_id: int,
@@ -79,15 +97,7 @@ def train(
     settings = project.train_settings if settings is None else settings
     out = training_dir(runtime, project.id, job_id)
     out.mkdir(parents=True, exist_ok=True)
-    command = trainer_command(dataset_dir(runtime, dataset) / NATIVE, out, settings)
-    progress(0.05, "training: " + " ".join(command[3:]))
-    # A retried job starts its log and outputs afresh (the trainer overwrites its own files).
-    with open(out / LOG_FILE, "w") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    if returncode != 0:
-        tail = (out / LOG_FILE).read_text()[-2000:]
-        raise RuntimeError(f"dspo train exited with status {returncode}; the end of its log:\n{tail}")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = run_trainer(dataset_dir(runtime, dataset) / NATIVE, out, settings, progress)
     records = json.loads((out / "training_config.json").read_text())["records"]
     lora = out / LORA_FILE
     if not lora.is_file():

@@ -409,6 +409,7 @@ def admin_datasets(
         "active": any(v.dataset.state in ("queued", "building") for v in views),
         "defaults": BuildRequest(),
         "exports": EXPORTS,
+        "losses": TRAIN_LOSSES,
     }
     return render(request, "admin_datasets.html", context)
 
@@ -458,13 +459,17 @@ def admin_build_dataset(
     return RedirectResponse(f"/admin/projects/{project_id}/datasets", status_code=status.HTTP_303_SEE_OTHER)
 
 
+# The trainer's losses, for the Train form (annotation_server does not import trainer: written out here).
+TRAIN_LOSSES = {"dspo": "DSPO", "dpo": "image-level DPO", "sft": "SFT"}
+
+
 @router.post("/admin/datasets/{dataset_id}/train")
 def admin_train_dataset(
     dataset_id: IdPath,
     _: AdminUser,
     session: WriteSession,
     runtime: RuntimeDep,
-    loss: Annotated[str, Form(pattern="^(|dspo|dpo|sft)$")] = "",
+    loss: Annotated[str, Form(pattern=f"^(|{'|'.join(TRAIN_LOSSES)})$")] = "",
     name: Annotated[str, Form(max_length=200)] = "",
 ) -> RedirectResponse:
     """Train this dataset now (POST /datasets/{id}/train), then follow the job on the jobs page."""
